@@ -1,0 +1,21 @@
+# hybridir workflow. The rules are generated from the stage table in src/hybridir/pipeline.py,
+# the same table `hybridir dvc-yaml` writes as dvc.yaml, so Snakemake and DVC run one DAG.
+#   snakemake --cores 2                                   # default pipeline (params.yaml)
+#   snakemake --cores 2 --configfile config/smoke.yaml    # minutes-long smoke run
+from hybridir.config import validate
+from hybridir.pipeline import stages, param_values
+
+configfile: "params.yaml"
+
+PARAMS_FILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else "params.yaml"
+validate(config, PARAMS_FILE)
+STAGES = stages(config, str(PARAMS_FILE))
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/stages.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        [o.rstrip("/") for s in STAGES if s.group == "report" for o in s.all_outs],

@@ -1,0 +1,187 @@
+"""The pipeline's stage table: the one definition both Snakemake and DVC are built from.
+
+The Snakefile turns each Stage into a rule (workflow/rules/<group>.smk); `hybridir dvc-yaml`
+writes the same stages as dvc.yaml. A test checks the committed dvc.yaml is what this table
+generates, so the two DAGs cannot drift.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import load_params
+
+GROUPS = ("data", "encoder", "train", "evaluate", "report")
+EXECUTABLE = "hybridir"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str                      # DVC stage name = Snakemake rule name (an identifier)
+    group: str                     # which workflow/rules/<group>.smk defines the rule
+    cmd: str
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]          # paths ending in "/" are directories
+    params: tuple[str, ...] = ()   # dotted keys of the params file the stage reads
+    metrics: tuple[str, ...] = ()  # outputs that are DVC metrics (small JSON, kept in git)
+    plots: tuple[str, ...] = field(default=())  # outputs that are DVC plots
+
+    @property
+    def all_outs(self) -> tuple[str, ...]:
+        return self.outs + self.metrics + self.plots
+
+
+def _code(module: str) -> str:
+    return f"src/hybridir/{module}.py"
+
+
+def run_id(strategy: str, seed: int) -> str:
+    return f"{strategy}-s{seed}"
+
+
+def _ident(*parts: str) -> str:
+    return "_".join(p.replace("-", "_").replace(".", "_") for p in parts)
+
+
+def model_tags(params: dict[str, Any]) -> list[str]:
+    """Every model the evaluation scores: the zero-shot base model and each trained run."""
+    exp = params["experiments"]
+    return ["zeroshot"] + [run_id(s, seed) for s in exp["strategies"] for seed in exp["seeds"]]
+
+
+def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Stage]:
+    enc = params["encoder"]["name"]
+    base = f"models/base/{enc}/"
+    pairs = "data/train/"
+    p = f"--params {params_file}"
+    out: list[Stage] = [
+        Stage("fetch", "data", f"{EXECUTABLE} fetch --out data/raw",
+              deps=("src/hybridir/sources.tsv", _code("fetch")), outs=("data/raw/",)),
+        Stage("eval_data", "data", f"{EXECUTABLE} eval-data {p} --raw data/raw --out data/eval",
+              deps=("data/raw/", _code("evaldata")), outs=("data/eval/",),
+              params=("data.eval_datasets", "data.eval_langs", "data.eval_max_queries_per_lang",
+                      "data.eval_pool", "data.seed")),
+        Stage("train_data", "data", f"{EXECUTABLE} train-data {p} --raw data/raw --out data/train",
+              deps=("data/raw/", _code("traindata"), _code("evaldata")), outs=(pairs,),
+              params=("data.train_sources", "data.train_langs", "data.valid_fraction",
+                      "data.max_groups_per_source", "data.context_sentences", "data.context_sides",
+                      "data.seed")),
+        Stage("import_encoder", "encoder", f"{EXECUTABLE} import-encoder {p} --out {base}",
+              deps=(_code("encoder_import"),), outs=(base,), params=("encoder",)),
+    ]
+    models = {"zeroshot": base}
+    exp = params["experiments"]
+    for strategy in exp["strategies"]:
+        for seed in exp["seeds"]:
+            run = run_id(strategy, seed)
+            batches = f"data/batches/{run}.parquet"
+            model_dir = f"models/trained/{enc}/{run}/"
+            models[run] = model_dir
+            batch_params = ("train.batch_size", "train.steps") + (
+                ("train.alpha",) if strategy == "hybrid" else ())
+            out.append(Stage(
+                _ident("batches", run), "train",
+                f"{EXECUTABLE} batches {p} --pairs {pairs}pairs.parquet --strategy {strategy} "
+                f"--seed {seed} --out {batches}",
+                deps=(pairs, _code("batches")), outs=(batches,), params=batch_params))
+            out.append(Stage(
+                _ident("train", run), "train",
+                f"{EXECUTABLE} train {p} --base {base} --pairs {pairs}pairs.parquet "
+                f"--batches {batches} --out {model_dir}",
+                deps=(base, pairs, batches, _code("train"), _code("modeling")), outs=(model_dir,),
+                params=tuple(f"train.{k}" for k in params["train"]
+                             if k not in ("alpha", "batch_size", "steps"))))
+    metrics_files = []
+    for tag, model_dir in models.items():
+        for ds in params["data"]["eval_datasets"]:
+            res = f"results/{enc}/{tag}/{ds}/"
+            out.append(Stage(
+                _ident("encode", tag, ds), "evaluate",
+                f"{EXECUTABLE} encode {p} --model {model_dir} --eval-data data/eval/{ds} "
+                f"--out {res}embeddings",
+                deps=(model_dir, "data/eval/", _code("encode"), _code("modeling")),
+                outs=(f"{res}embeddings/",),
+                params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision")))
+            metrics = f"{res}metrics.json"
+            metrics_files.append(metrics)
+            out.append(Stage(
+                _ident("evaluate", tag, ds), "evaluate",
+                f"{EXECUTABLE} evaluate {p} --embeddings {res}embeddings --eval-data data/eval/{ds} "
+                f"--out {res}eval --metrics {metrics}",
+                deps=(f"{res}embeddings/", "data/eval/", _code("evaluate"), _code("search"),
+                      _code("metrics"), _code("plots")),
+                outs=(f"{res}eval/",), metrics=(metrics,), params=("evaluate.top_k",)))
+    out.append(Stage(
+        "report", "report", f"{EXECUTABLE} report {p} --results results/{enc} --out reports/",
+        deps=tuple(metrics_files) + (_code("report"),), outs=("reports/",),
+        params=("experiments",)))
+    return out
+
+
+def lookup(params: dict[str, Any], dotted: str) -> Any:
+    value: Any = params
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def param_values(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The values a stage depends on, keyed by dotted name (Snakemake's params rerun trigger)."""
+    return {k: lookup(params, k) for k in keys}
+
+
+def dvc_yaml(stage_list: list[Stage], params_file: str = "params.yaml") -> dict[str, Any]:
+    def path(p: str) -> str:
+        return p.rstrip("/")
+
+    def params_entry(keys: tuple[str, ...]) -> list[Any]:
+        return list(keys) if params_file == "params.yaml" else [{params_file: list(keys)}]
+
+    body: dict[str, Any] = {}
+    for st in stage_list:
+        entry: dict[str, Any] = {"cmd": st.cmd, "deps": [path(d) for d in st.deps]}
+        if st.params:
+            entry["params"] = params_entry(st.params)
+        entry["outs"] = [path(o) for o in st.outs]
+        if st.metrics:
+            entry["metrics"] = [path(m) for m in st.metrics]
+        if st.plots:
+            entry["plots"] = [path(m) for m in st.plots]
+        body[st.name] = entry
+    return {"stages": body}
+
+
+HEADER = ("# Generated by `hybridir dvc-yaml` from src/hybridir/pipeline.py and params.yaml.\n"
+          "# Do not edit: change the stage table, then regenerate (a test checks they agree).\n")
+
+
+def render_dvc_yaml(params: dict[str, Any], params_file: str = "params.yaml") -> str:
+    text = yaml.safe_dump(dvc_yaml(stages(params, params_file), params_file),
+                          sort_keys=False, width=200)
+    return HEADER + text
+
+
+def _run(args: argparse.Namespace) -> int:
+    text = render_dvc_yaml(load_params(args.params), args.params)
+    target = Path(args.out)
+    if args.check:
+        if not target.is_file() or target.read_text() != text:
+            print(f"{target} is out of date with the stage table; run `hybridir dvc-yaml`",
+                  file=sys.stderr)
+            return 1
+        return 0
+    target.write_text(text)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage table (or --check it)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--out", default="dvc.yaml")
+    p.add_argument("--check", action="store_true", help="fail if the file differs from the generated one")
+    p.set_defaults(func=_run)

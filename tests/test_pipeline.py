@@ -1,0 +1,56 @@
+"""The Snakemake and DVC DAGs are one: both come from hybridir.pipeline.stages()."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from hybridir.config import load_params
+from hybridir.pipeline import render_dvc_yaml, stages
+
+BIN = Path(sys.executable).parent
+
+
+def test_dvc_yaml_is_generated_from_stage_table(repo: Path) -> None:
+    committed = (repo / "dvc.yaml").read_text()
+    generated = render_dvc_yaml(load_params(repo / "params.yaml"))
+    assert committed == generated, "dvc.yaml is stale: run `hybridir dvc-yaml`"
+
+
+def _snakemake_jobs(workdir: Path, *extra: str) -> dict[str, str]:
+    """rule name -> shell command, from a forced dry run of the real workflow."""
+    out = subprocess.run(
+        [str(BIN / "snakemake"), "--dry-run", "--forceall", "--printshellcmds", "--cores", "1", *extra],
+        cwd=workdir, capture_output=True, text=True, check=True).stdout
+    jobs, rule = {}, None
+    lines = out.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^(?:local)?rule (\w+):", line.strip())
+        if m:
+            rule = m.group(1)
+        elif rule and line.startswith("    ") is False and line.strip().startswith("hybridir "):
+            jobs[rule] = line.strip()
+            rule = None
+    return jobs
+
+
+def test_snakemake_runs_the_same_commands_as_dvc(repo: Path) -> None:
+    dvc = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    jobs = _snakemake_jobs(repo)
+    assert set(jobs) == set(dvc), "Snakemake rules and DVC stages differ"
+    for name, cmd in jobs.items():
+        assert cmd.split(" > logs/")[0] == dvc[name]["cmd"], name
+
+
+def test_stage_params_exist_and_outputs_are_unique(repo: Path) -> None:
+    params = load_params(repo / "params.yaml")
+    table = stages(params)
+    outs = [o for s in table for o in s.all_outs]
+    assert len(outs) == len(set(outs))
+    produced = {o for s in table for o in s.all_outs}
+    for s in table:
+        for d in s.deps:
+            assert d in produced or (repo / d).exists(), f"{s.name}: dependency {d} is neither produced nor in the repo"

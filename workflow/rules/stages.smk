@@ -1,0 +1,22 @@
+# One rule per stage of src/hybridir/pipeline.py (commands, paths and params come from there).
+# Each rule is a thin shell over a `hybridir` subcommand; its log and benchmark go to logs/ and benchmarks/.
+
+for stage in STAGES:
+
+    rule:
+        name:
+            stage.name
+        input:
+            [d.rstrip("/") for d in stage.deps],
+        output:
+            [smk_path(o) for o in stage.all_outs],
+        params:
+            values=param_values(config, stage.params),
+        log:
+            f"logs/{stage.name}.log",
+        benchmark:
+            f"benchmarks/{stage.name}.tsv"
+        conda:
+            "../envs/hybridir.yaml"
+        shell:
+            f"{stage.cmd} > {{log}} 2>&1"
