@@ -11,7 +11,7 @@ import sys
 
 STAGE_MODULES = [
     "fetch", "evaldata", "traindata", "encoder_import", "encode", "evaluate",
-    "batches", "train", "report", "pipeline",
+    "batches", "train", "beir", "report", "pipeline",
 ]
 
 

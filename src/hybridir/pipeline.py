@@ -40,18 +40,42 @@ def _code(module: str) -> str:
     return f"src/hybridir/{module}.py"
 
 
-def run_id(strategy: str, seed: int) -> str:
-    return f"{strategy}-s{seed}"
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained model: a batch strategy and seed, optionally at a swept alpha or data fraction."""
+    strategy: str
+    seed: int
+    alpha: float | None = None     # None: train.alpha from params (hybrid only)
+    fraction: float | None = None  # None: every training group
+
+    @property
+    def tag(self) -> str:
+        sweep = (f"-a{_num(self.alpha)}" if self.alpha is not None else "") + \
+                (f"-f{_num(self.fraction)}" if self.fraction is not None else "")
+        return f"{self.strategy}{sweep}-s{self.seed}"
 
 
 def _ident(*parts: str) -> str:
     return "_".join(p.replace("-", "_").replace(".", "_") for p in parts)
 
 
+def runs(params: dict[str, Any]) -> list[Run]:
+    """Every trained model: the main grid, then the optional alpha and data-size sweeps."""
+    exp = params["experiments"]
+    main = [Run(s, seed) for s in exp["strategies"] for seed in exp["seeds"]]
+    alpha = [Run("hybrid", seed, alpha=a) for a in exp["alpha_sweep"] for seed in exp["seeds"]]
+    size = [Run(s, seed, fraction=f) for f in exp["data_fractions"]
+            for s in exp["strategies"] for seed in exp["seeds"]]
+    return main + alpha + size
+
+
 def model_tags(params: dict[str, Any]) -> list[str]:
     """Every model the evaluation scores: the zero-shot base model and each trained run."""
-    exp = params["experiments"]
-    return ["zeroshot"] + [run_id(s, seed) for s in exp["strategies"] for seed in exp["seeds"]]
+    return ["zeroshot"] + [r.tag for r in runs(params)]
 
 
 def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Stage]:
@@ -72,31 +96,30 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                       "data.max_groups_per_source", "data.context_sentences", "data.context_sides",
                       "data.seed")),
         Stage("import_encoder", "encoder", f"{EXECUTABLE} import-encoder {p} --out {base}",
-              deps=(_code("encoder_import"),), outs=(base,), params=("encoder",)),
+              deps=(_code("encoder_import"), _code("spm_normalizer")), outs=(base,), params=("encoder",)),
     ]
     models = {"zeroshot": base}
-    exp = params["experiments"]
-    for strategy in exp["strategies"]:
-        for seed in exp["seeds"]:
-            run = run_id(strategy, seed)
-            batches = f"data/batches/{run}.parquet"
-            model_dir = f"models/trained/{enc}/{run}/"
-            models[run] = model_dir
-            batch_params = ("train.batch_size", "train.steps") + (
-                ("train.alpha",) if strategy == "hybrid" else ())
-            out.append(Stage(
-                _ident("batches", run), "train",
-                f"{EXECUTABLE} batches {p} --pairs {pairs}pairs.parquet --strategy {strategy} "
-                f"--seed {seed} --out {batches}",
-                deps=(pairs, _code("batches")), outs=(batches,), params=batch_params))
-            out.append(Stage(
-                _ident("train", run), "train",
-                f"{EXECUTABLE} train {p} --base {base} --pairs {pairs}pairs.parquet "
-                f"--batches {batches} --out {model_dir}",
-                deps=(base, pairs, batches, _code("train"), _code("modeling")), outs=(model_dir,),
-                params=tuple(f"train.{k}" for k in params["train"]
-                             if k not in ("alpha", "batch_size", "steps"))))
-    metrics_files = []
+    train_params = tuple(f"train.{k}" for k in params["train"] if k not in ("alpha", "batch_size", "steps"))
+    for run in runs(params):
+        batches = f"data/batches/{run.tag}.parquet"
+        model_dir = f"models/trained/{enc}/{run.tag}/"
+        models[run.tag] = model_dir
+        options = (f" --alpha {_num(run.alpha)}" if run.alpha is not None else "") + \
+                  (f" --group-fraction {_num(run.fraction)}" if run.fraction is not None else "")
+        tracks_alpha = run.strategy == "hybrid" and run.alpha is None
+        out.append(Stage(
+            _ident("batches", run.tag), "train",
+            f"{EXECUTABLE} batches {p} --pairs {pairs}pairs.parquet --strategy {run.strategy} "
+            f"--seed {run.seed}{options} --out {batches}",
+            deps=(pairs, _code("batches")), outs=(batches,),
+            params=("train.batch_size", "train.steps") + (("train.alpha",) if tracks_alpha else ())))
+        out.append(Stage(
+            _ident("train", run.tag), "train",
+            f"{EXECUTABLE} train {p} --base {base} --pairs {pairs}pairs.parquet "
+            f"--batches {batches} --out {model_dir}",
+            deps=(base, pairs, batches, _code("train"), _code("modeling")), outs=(model_dir,),
+            params=train_params))
+    report_deps = []
     for tag, model_dir in models.items():
         for ds in params["data"]["eval_datasets"]:
             res = f"results/{enc}/{tag}/{ds}/"
@@ -108,7 +131,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 outs=(f"{res}embeddings/",),
                 params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision")))
             metrics = f"{res}metrics.json"
-            metrics_files.append(metrics)
+            report_deps += [metrics, f"{res}eval/"]
             out.append(Stage(
                 _ident("evaluate", tag, ds), "evaluate",
                 f"{EXECUTABLE} evaluate {p} --embeddings {res}embeddings --eval-data data/eval/{ds} "
@@ -116,10 +139,20 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 deps=(f"{res}embeddings/", "data/eval/", _code("evaluate"), _code("search"),
                       _code("metrics"), _code("plots")),
                 outs=(f"{res}eval/",), metrics=(metrics,), params=("evaluate.top_k",)))
+        if "-a" in tag or "-f" in tag:
+            continue  # domain checks for the main grid only
+        for ds in params["experiments"]["beir"]:
+            result = f"results/{enc}/{tag}/beir/{ds}.json"
+            report_deps.append(result)
+            out.append(Stage(
+                _ident("beir", tag, ds), "evaluate",
+                f"{EXECUTABLE} beir {p} --raw data/raw --model {model_dir} --dataset {ds} --out {result}",
+                deps=("data/raw/", model_dir, _code("beir"), _code("modeling")), metrics=(result,),
+                outs=(), params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision")))
     out.append(Stage(
-        "report", "report", f"{EXECUTABLE} report {p} --results results/{enc} --out reports/",
-        deps=tuple(metrics_files) + (_code("report"),), outs=("reports/",),
-        params=("experiments",)))
+        "report", "report", f"{EXECUTABLE} report {p} --results results/{enc} --out reports",
+        deps=tuple(report_deps) + (_code("report"), _code("significance")), outs=("reports/",),
+        params=("experiments", "data.train_langs")))
     return out
 
 

@@ -1,0 +1,321 @@
+"""The report stage on a real-shaped results tree.
+
+Evaluation tables are small real XQuAD-R (de, el, en) and MLQA-R (ar, de, en) subsets built from the
+mirror with hybridir.evaldata; every model is scored by the real evaluate stage
+(hybridir.evaluate.run_evaluation) from synthetic embeddings whose properties we control: a question
+vector shared by its relevant sentences in every language, plus a per-language offset (language bias)
+and noise whose sizes differ between "systems". So the report sees genuine metrics.json,
+per_query.parquet, eval/ and embeddings/ directories, with known orderings between systems.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from hybridir import evaldata
+from hybridir import metrics as M
+from hybridir.cli import main
+from hybridir.encode import Embeddings, write_embeddings
+from hybridir.evaluate import evaluate, load_eval_tables, run_evaluation
+from hybridir.pipeline import model_tags
+from hybridir.report import PAPER_TABLE1, ReportInputs, build_report, experiment_grid
+
+DIM = 48
+NOISE_SCALE = {"xquad": 1.0, "mlqa": 2.5}   # the MLQA-R subset is easier (fewer questions per context)
+# system -> (language-offset size, noise size); smaller offset = less language bias.
+SYSTEMS = {"zeroshot": (1.2, 0.9), "xx_mono": (1.0, 1.3), "xy": (0.3, 0.8), "hybrid": (0.3, 0.8),
+           "a0": (0.3, 1.0), "a0.5": (0.5, 0.9), "a1": (1.0, 1.2), "f0.5": (0.6, 1.1), "f1": (0.4, 0.9)}
+
+
+def _xquad(mirror: Path) -> evaldata.EvalTables:
+    t = evaldata.build_dataset(mirror, "xquad_r", eval_langs=["de", "el", "en"])
+    contexts = [f"c{i:04d}" for i in range(6)]
+    cands = t.candidates[t.candidates["context_id"].str.split("/").str[1].isin(contexts)]
+    qids = sorted(set(t.qrels.loc[t.qrels["cid"].isin(cands["cid"]), "qid"]))
+    return evaldata.EvalTables(t.queries[t.queries["qid"].isin(qids)], cands, t.qrels[t.qrels["qid"].isin(qids)])
+
+
+def _mlqa(mirror: Path) -> evaldata.EvalTables:
+    t = evaldata.build_dataset(mirror, "mlqa_r", eval_langs=["ar", "de", "en"])
+    n_langs = t.queries.groupby("qid")["lang"].nunique()
+    qids = sorted(n_langs[n_langs >= 2].index)[:40]
+    qrels = t.qrels[t.qrels["qid"].isin(qids)]
+    c = t.candidates.reset_index(drop=True)
+    pos = pd.Index(c["cid"]).get_indexer(qrels["cid"])
+    near = sorted({p + d for p in pos for d in (-2, -1, 0, 1, 2) if 0 <= p + d < len(c)})
+    return evaldata.EvalTables(t.queries[t.queries["qid"].isin(qids)], c.iloc[near], qrels)
+
+
+def synthetic_embeddings(tables: evaldata.EvalTables, system: str, seed: int) -> Embeddings:
+    """Question meaning vectors shared across languages (fixed), language offsets (fixed), noise
+    (per system and seed), scaled per system."""
+    bias, noise = SYSTEMS[system]
+    world = np.random.default_rng(0)
+    qids = sorted(set(tables.queries["qid"]))
+    meaning = dict(zip(qids, world.normal(size=(len(qids), DIM))))
+    langs = sorted(set(tables.candidates["lang"]))
+    offset = dict(zip(langs, world.normal(size=(len(langs), DIM))))
+    cids = tables.candidates["cid"].tolist()
+    cand = world.normal(size=(len(cids), DIM))
+    row = {c: i for i, c in enumerate(cids)}
+    for cid, group in tables.qrels.groupby("cid"):
+        cand[row[cid]] = np.mean([meaning[q] for q in group["qid"]], axis=0) + 0.3 * world.normal(size=DIM)
+    # hybrid's vectors are X-Y's exactly: a pair whose differences must come out "n.s.".
+    rng = np.random.default_rng(1000 * seed + sorted(SYSTEMS).index("xy" if system == "hybrid" else system))
+    scale = NOISE_SCALE["mlqa" if "ar" in langs else "xquad"]
+    q = np.stack([meaning[x] for x in tables.queries["qid"]])
+    q += scale * noise * rng.normal(size=(len(tables.queries), DIM))
+    q += bias * np.stack([offset[x] for x in tables.queries["lang"]])
+    c = cand + bias * np.stack([offset[x] for x in tables.candidates["lang"]])
+    meta = {"model": f"synthetic {system}", "queries_s": 1.5, "candidates_s": 4.0, "device": "cpu",
+            "precision": "fp32"}
+    return Embeddings(tables.queries[["lang", "qid"]].reset_index(drop=True), q.astype(np.float32),
+                      tables.candidates[["lang", "cid"]].reset_index(drop=True), c.astype(np.float32), meta)
+
+
+def grid_params(repo: Path) -> dict[str, Any]:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"].update(eval_datasets=["xquad_r", "mlqa_r"], eval_langs=None,
+                          train_langs=["ar", "de", "en", "es", "hi", "ru", "th", "tr", "zh"])
+    params["train"]["alpha"] = 0.5
+    params["experiments"].update(strategies=["xx_mono", "xy", "hybrid"], seeds=[0, 1],
+                                 alpha_sweep=[0, 0.5, 1], data_fractions=[0.5, 1.0],
+                                 beir=["nfcorpus", "arguana"])
+    return params
+
+
+def system_of(tag: str) -> str:
+    if tag == "zeroshot":
+        return tag
+    name = tag.rsplit("-s", 1)[0]
+    for sweep in ("-a", "-f"):
+        if sweep in name:
+            return sweep[1] + name.split(sweep)[1]   # hybrid-a0.5 -> a0.5, xy-f1 -> f1
+    return name
+
+
+@pytest.fixture(scope="module")
+def tree(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("report")
+    params = grid_params(repo)
+    grid = experiment_grid(params)
+    enc = params["encoder"]["name"]
+    results = root / "results" / enc
+    main_tags = set(grid.main_tags())
+    for ds, subset in (("xquad_r", _xquad(mirror)), ("mlqa_r", _mlqa(mirror))):
+        tables_dir = root / "data" / "eval" / ds
+        evaldata.write_dataset(evaldata.EvalTables(*(df.reset_index(drop=True) for df in
+                                                     (subset.queries, subset.candidates, subset.qrels))),
+                               tables_dir)
+        tables = load_eval_tables(tables_dir)
+        langs = sorted(set(tables.candidates["lang"]))
+        for tag in grid.all_tags():
+            seed = 0 if tag == "zeroshot" else int(tag.rsplit("-s", 1)[1])
+            emb = synthetic_embeddings(subset, system_of(tag), seed)
+            run = results / tag / ds
+            if tag in main_tags:   # the real stage: embeddings dir, eval/ dir, metrics.json
+                write_embeddings(emb, run / "embeddings")
+                run_evaluation(run / "embeddings", tables_dir, run / "eval", run / "metrics.json")
+            else:                  # sweeps: the report reads metrics.json only
+                run.mkdir(parents=True)
+                summary = M.summarise(evaluate(tables, emb), langs)
+                (run / "metrics.json").write_text(json.dumps(summary))
+    rng = np.random.default_rng(0)
+    for tag in main_tags:
+        for name in ("nfcorpus", "arguana"):
+            path = results / tag / "beir" / f"{name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"dataset": name, "ndcg10": 0.3 + 0.05 * rng.random(),
+                                        "recall100": 0.7 + 0.1 * rng.random(), "subsampled": False}))
+        if tag != "zeroshot":
+            run_dir = root / "models" / "trained" / enc / tag
+            run_dir.mkdir(parents=True)
+            (run_dir / "train_summary.json").write_text(json.dumps(
+                {"seconds": 812.4, "steps": 100, "best_step": 75, "steps_per_s": 0.14, "device": "cpu",
+                 "returned_base_model": False}))
+    bench = root / "benchmarks"
+    bench.mkdir()
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for stage, secs in (("train_xy_s0", 820.0), ("train_hybrid_s0", 790.5), ("encode_zeroshot_xquad_r", 95.1)):
+        (bench / f"{stage}.tsv").write_text(header + f"{secs}\t0:13:40\t2100.5\t3000\t1900\t1950\t1\t2\t95\t800\n")
+    return {"root": root, "params": params, "results": results, "grid": grid,
+            "models": root / "models" / "trained" / enc, "bench": bench}
+
+
+@pytest.fixture(scope="module")
+def report(tree: dict[str, Any]) -> dict[str, Any]:
+    out = tree["root"] / "reports"
+    inp = ReportInputs(params=tree["params"], results=tree["results"], models_dir=tree["models"],
+                       bench_dir=tree["bench"], n_permutations=2000)
+    summary = build_report(inp, out)
+    return {"out": out, "summary": summary, "md": (out / "report.md").read_text()}
+
+
+def test_grid_tags_are_the_stage_tables(tree: dict[str, Any]) -> None:
+    grid, params = tree["grid"], tree["params"]
+    assert grid.systems["hybrid"] == ["hybrid-s0", "hybrid-s1"]
+    assert grid.alpha[0.0] == ["hybrid-a0-s0", "hybrid-a0-s1"]
+    assert grid.alpha[0.5] == ["hybrid-a0.5-s0", "hybrid-a0.5-s1"]
+    assert grid.fraction["xy", 0.5] == ["xy-f0.5-s0", "xy-f0.5-s1"]
+    assert grid.fraction["xx_mono", 1.0] == ["xx_mono-f1-s0", "xx_mono-f1-s1"]
+    assert grid.beir == ["nfcorpus", "arguana"]
+    # Every tag the report reads is a model the pipeline trains and evaluates, and vice versa.
+    assert set(grid.all_tags()) == set(model_tags(params))
+
+
+def test_headline_tables_match_the_metrics_files(tree: dict[str, Any], report: dict[str, Any]) -> None:
+    md, summary = report["md"], report["summary"]
+    results = tree["results"]
+    for ds in ("xquad_r", "mlqa_r"):
+        for system, tags in tree["grid"].systems.items():
+            bodies = [json.loads((results / t / ds / "metrics.json").read_text()) for t in tags]
+            for metric in ("mo", "cr", "mul", "rank_distance"):
+                values = [b[metric] for b in bodies]
+                got = summary["headline"][ds][system]
+                assert got[metric] == pytest.approx(np.mean(values))
+                if len(values) > 1:
+                    assert got[f"{metric}_std"] == pytest.approx(np.std(values, ddof=1))
+                else:
+                    assert f"{metric}_std" not in got  # zero-shot: one run, no std
+    # Table 1 with our numbers (mean ± std over the two seeds) beside the paper's, labelled.
+    xy = summary["headline"]["xquad_r"]["xy"]
+    row = next(line for line in md.splitlines() if line.startswith("| X-Y |"))
+    assert f"{xy['mo']:.3f} ± {xy['mo_std']:.3f}" in row
+    assert "0.755 / 0.700 / 0.593" in row and "0.801 / 0.762 / 0.679" in row   # XLM-R, LaBSE
+    assert "paper XLM-R Mo. / Cr. / Mul." in md and "arXiv:2408.10536" in md
+    assert "Not directly comparable with the paper" in md and "inverse-cloze" in md
+    zs = next(line for line in md.splitlines() if line.startswith("| zero-shot (base) |"))
+    assert "±" not in zs
+    # Table 2: rank distance beside the paper's.
+    assert "## 2. Language bias: rank distance" in md
+    table2 = md.split("## 2. Language bias")[1].split("###")[0]
+    rd_row = next(line for line in table2.splitlines() if line.startswith("| hybrid (α = 0.5) |"))
+    assert "| 287 | 221 |" in rd_row and "| 227 | 195 |" in rd_row
+    # headline.csv: one row per system and dataset.
+    head = pd.read_csv(report["out"] / "headline.csv")
+    assert list(head.columns[:6]) == ["strategy", "dataset", "mo", "cr", "mul", "rank_distance"]
+    assert len(head) == 8
+    assert PAPER_TABLE1["XLM-R"]["hybrid"]["xquad_r"] == (.798, .705, .593)
+
+
+def test_significance_section(report: dict[str, Any]) -> None:
+    md, sig = report["md"], report["summary"]["significance"]
+    # X-Y and hybrid have identical embeddings here: difference 0, p = 1, marked n.s.
+    for ds in ("xquad_r", "mlqa_r"):
+        for metric in ("mo", "cr", "mul"):
+            assert sig[ds]["hybrid_vs_xy"][metric]["diff"] == 0.0
+            assert sig[ds]["hybrid_vs_xy"][metric]["p_holm"] == 1.0
+    row = next(line for line in md.splitlines() if line.startswith("| hybrid (α = 0.5) vs X-Y |"))
+    assert row.count("n.s.") == 3 and "+0.000" in row
+    # Less language bias (X-Y) vs more (X-X-mono): a clear multilingual gain, significant after Holm.
+    assert sig["xquad_r"]["xx_mono_vs_xy"]["mul"]["diff"] < -0.05
+    assert sig["xquad_r"]["xx_mono_vs_xy"]["mul"]["p_holm"] < 0.05
+    row = next(line for line in md.splitlines() if line.startswith("| X-X-mono vs X-Y |"))
+    assert row.split("|")[7].strip().endswith("n.s.") is False   # the Mul. p column
+    raw = [sig["xquad_r"][pair]["mo"]["p"] for pair in sig["xquad_r"]]
+    holm = [sig["xquad_r"][pair]["mo"]["p_holm"] for pair in sig["xquad_r"]]
+    assert all(h >= p for h, p in zip(holm, raw))
+    assert len(sig["xquad_r"]) == 6
+    assert "Holm–Bonferroni adjusted over the 6 comparisons" in md
+    assert "exchangeable unit is the *question*" in md
+
+
+def test_per_language_tables_mark_unseen_languages(report: dict[str, Any], tree: dict[str, Any]) -> None:
+    md = report["md"]
+    assert "unseen here: el, vi" not in md  # vi is not in these subsets
+    assert "unseen here: el." in md
+    section = md.split("## 4. Per language")[1].split("## 5.")[0]
+    assert section.count("| el* |") == 4        # mono, cross, multi, rank distance for XQuAD-R
+    assert "| de |" in section and "| de* |" not in section
+    assert "\\* not in data.train_langs: never seen in training." in section
+    # A per-language value equals the seed mean from the metrics files.
+    bodies = [json.loads((tree["results"] / t / "mlqa_r" / "metrics.json").read_text())
+              for t in ("xy-s0", "xy-s1")]
+    value = np.mean([b["per_lang"]["ar"]["mul"] for b in bodies])
+    mlqa = section.split("### MLQA-R")[1]
+    multi_table = mlqa.split("**Multilingual mAP")[1].split("**Rank distance")[0]
+    ar_row = next(line for line in multi_table.splitlines() if line.startswith("| ar |"))
+    assert f"{value:.3f}" in ar_row
+
+
+def test_figures_sweeps_beir_and_provenance(report: dict[str, Any], tree: dict[str, Any]) -> None:
+    out, md, summary = report["out"], report["md"], report["summary"]
+    links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", md)
+    assert set(links) == {"figures/map_matrices_xquad_r.png", "figures/map_matrices_mlqa_r.png",
+                          "figures/alpha_sweep.png", "figures/data_size.png"}
+    for link in links:
+        assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    alpha = pd.read_csv(out / "alpha_sweep.csv")
+    assert sorted(set(alpha["alpha"])) == [0.0, 0.5, 1.0] and set(alpha["dataset"]) == {"xquad_r", "mlqa_r"}
+    mid = alpha[(alpha["alpha"] == 0.5) & (alpha["dataset"] == "xquad_r")].iloc[0]
+    values = [json.loads((tree["results"] / t / "xquad_r" / "metrics.json").read_text())["mo"]
+              for t in ("hybrid-a0.5-s0", "hybrid-a0.5-s1")]
+    assert mid["mo"] == pytest.approx(np.mean(values)) and mid["mo_std"] == pytest.approx(np.std(values, ddof=1))
+    assert (alpha["n_seeds"] == 2).all()
+    size = pd.read_csv(out / "data_size.csv")
+    assert len(size) == 2 * 3 * 2 and set(size["fraction"]) == {0.5, 1.0}
+    full = size[(size["fraction"] == 1.0) & (size["strategy"] == "xy") & (size["dataset"] == "mlqa_r")].iloc[0]
+    values = [json.loads((tree["results"] / t / "mlqa_r" / "metrics.json").read_text())["cr"]
+              for t in ("xy-f1-s0", "xy-f1-s1")]
+    assert full["cr"] == pytest.approx(np.mean(values))
+    beir = pd.read_csv(out / "beir.csv")
+    assert len(beir) == 2 * 4
+    assert set(summary["beir"]) == {"nfcorpus", "arguana"}
+    assert "## 8. English domain checks (BEIR)" in md and "NFCorpus nDCG@10" in md
+    # "How produced": params, train times, encode/eval times, benchmarks, the stage commands.
+    how = md.split("How this report was produced")[1]
+    assert "sha256" in how and "lr = `" in how and "alpha_sweep = `[0, 0.5, 1]`" in how
+    assert "| xy-s1 | 812 | 100 | 75 |" in how
+    assert "| train | 2 | 1610.5 | 2100 |" in how
+    assert "hybridir evaluate --params" in how
+    assert summary["params_sha256"] and json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_missing_result_file_names_it_and_its_stage(tree: dict[str, Any], tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(tree["results"], results)
+    (results / "hybrid-a1-s1" / "mlqa_r" / "metrics.json").unlink()
+    (results / "xy-s0" / "beir" / "arguana.json").unlink()
+    inp = ReportInputs(params=tree["params"], results=results, n_permutations=100)
+    with pytest.raises(FileNotFoundError) as err:
+        build_report(inp, tmp_path / "reports")
+    message = str(err.value)
+    assert "2 result file(s)" in message
+    assert f"{results}/hybrid-a1-s1/mlqa_r/metrics.json  <- stage evaluate_hybrid_a1_s1_mlqa_r" in message
+    assert "xy-s0/beir/arguana.json  <- stage beir_xy_s0_arguana" in message
+    assert not (tmp_path / "reports").exists()  # nothing half-written
+
+
+def test_cli_with_the_repository_params(tree: dict[str, Any], repo: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`hybridir report` with a validated params file (the main grid; sweeps as configured there)."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["eval_datasets"] = ["xquad_r", "mlqa_r"]
+    params["experiments"].update(strategies=["xx_mono", "xy", "hybrid"], seeds=[0, 1])
+    for key in ("alpha_sweep", "data_fractions", "beir"):
+        if key in params["experiments"]:
+            params["experiments"][key] = []
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    out = tmp_path / "reports"
+    assert main(["report", "--params", str(path), "--results", str(tree["results"]), "--out", str(out),
+                 "--permutations", "500", "--benchmarks", str(tmp_path / "none")]) == 0
+    assert {p.name for p in out.iterdir()} == {"report.md", "summary.json", "headline.csv", "figures"}
+    assert "xquad_r hybrid: Mo" in capsys.readouterr().err
+    md = (out / "report.md").read_text()
+    assert "α sweep" not in md and "BEIR" not in md
+    (tree["results"] / "xy-s1" / "xquad_r" / "metrics.json").rename(tmp_path / "moved.json")
+    try:
+        assert main(["report", "--params", str(path), "--results", str(tree["results"]), "--out",
+                     str(tmp_path / "again")]) == 2
+        assert "xy-s1/xquad_r/metrics.json  <- stage evaluate_xy_s1_xquad_r" in capsys.readouterr().err
+    finally:
+        (tmp_path / "moved.json").rename(tree["results"] / "xy-s1" / "xquad_r" / "metrics.json")
