@@ -129,7 +129,8 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 f"--out {res}embeddings",
                 deps=(model_dir, "data/eval/", _code("encode"), _code("modeling")),
                 outs=(f"{res}embeddings/",),
-                params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision")))
+                params=("encoder.query_prefix", "encoder.passage_prefix", "encoder.pooling",
+                        "encoder.max_length", "evaluate.batch_size", "evaluate.precision")))
             metrics = f"{res}metrics.json"
             report_deps += [metrics, f"{res}eval/"]
             out.append(Stage(
@@ -138,7 +139,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 f"--out {res}eval --metrics {metrics}",
                 deps=(f"{res}embeddings/", "data/eval/", _code("evaluate"), _code("search"),
                       _code("metrics"), _code("plots")),
-                outs=(f"{res}eval/",), metrics=(metrics,), params=("evaluate.top_k",)))
+                outs=(f"{res}eval/",), metrics=(metrics,), params=("evaluate.top_k", "evaluate.top_k_cells")))
         if "-a" in tag or "-f" in tag:
             continue  # domain checks for the main grid only
         for ds in params["experiments"]["beir"]:
