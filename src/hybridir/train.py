@@ -1,0 +1,502 @@
+"""Train stage: contrastive fine-tuning of the dual encoder on a fixed batch table.
+
+Loss (InfoNCE with in-batch negatives, the math of sentence-transformers'
+MultipleNegativesRankingLoss): for the batch's queries q_i and candidates d_j = its positives
+(then the optional extra negatives), all L2-normalised,
+    loss = mean_i -log( exp(s cos(q_i, d_i+)) / sum_j exp(s cos(q_i, d_j)) ),  s = train.scale.
+The loop consumes exactly the batch table's batches, in batch_id order (`iter_batches`), one
+optimizer step each: AdamW (no weight decay on biases and LayerNorm weights, as is standard),
+linear warm-up over w = ceil(warmup_ratio * steps) steps (step i at lr * (i+1)/(w+1), so the first
+step already moves) then linear decay towards 0, gradient clipping, bf16 autocast when
+train.precision = bf16 (the loss itself in fp32; on CPUs without native bf16 that is ~2.5x slower
+than fp32, so the CPU default is fp32). Tokenisation pads to the longest text of each batch.
+
+Checkpoint selection: the validation loss is computed on fixed batches built from the
+split == "valid" rows with the same construction as training batches: half X-X-mono, half X-Y
+(so selection does not favour one strategy), a fixed seed shared by every run, so every
+strategy and seed is selected on the same batches. It is computed at step 0 (the base model),
+every train.valid_every steps and after the last step; the checkpoint with the lowest loss
+(earliest on ties) is the output. The base model is a candidate: if no step improves on it,
+the output is the base model unchanged, and train_summary.json says so (returned_base_model).
+
+Outputs in --out (atomic): the model (save_pretrained, safetensors) + tokenizer + hybridir.json
+copied from the base, loss.csv, loss.png, train_summary.json.
+
+Multi-GPU (minimal; the GPU/NCCL path is NOT TESTED, there is no GPU on the development machine):
+under torchrun (WORLD_SIZE > 1) every rank embeds its contiguous shard of each batch's triplets
+(batch_size must divide by the world size), the candidate embeddings are gathered with a
+differentiable all_gather so each query still sees the whole batch as negatives, and gradients
+are averaged across ranks by all_reduce before clipping: the gradient of the full-batch loss.
+tests/test_train.py checks exactly that with two gloo processes on CPU. Validation runs
+redundantly on every rank; rank 0 writes the outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .atomic import atomic_path
+from .batches import build_batches, pairs_fingerprint, read_batches, read_pairs
+from .config import load_params
+
+SPEC_FILE = "hybridir.json"
+VALID_SEED = 20240820          # fixed: every run is selected on the same validation batches
+
+
+# ---------------------------------------------------------------- settings and inputs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    scale: float
+    max_grad_norm: float
+    query_max_length: int
+    passage_max_length: int
+    valid_every: int
+    valid_batches: int
+    precision: str
+    freeze_embeddings: bool
+    threads: int | None = None
+
+    @classmethod
+    def from_params(cls, train: dict[str, Any]) -> "TrainConfig":
+        return cls(**{k: train[k] for k in cls.__dataclass_fields__ if k in train})
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: int
+    batch_type: str
+    query_rows: np.ndarray
+    passage_rows: np.ndarray
+    negative_rows: np.ndarray | None
+
+
+def iter_batches(table: pd.DataFrame) -> Iterator[Batch]:
+    """The table's batches in batch_id order (0, 1, ...), triplets in table order."""
+    ids = table["batch_id"].to_numpy()
+    if len(ids) == 0:
+        raise ValueError("the batch table is empty")
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    if not np.array_equal(ids[starts], np.arange(len(starts))):
+        raise ValueError("batch table rows must be grouped by batch_id = 0, 1, 2, ... in order")
+    ends = np.r_[starts[1:], len(ids)]
+    neg = table["negative_row"].to_numpy(np.int64) if "negative_row" in table.columns else None
+    q = table["query_row"].to_numpy(np.int64)
+    p = table["passage_row"].to_numpy(np.int64)
+    kinds = table["batch_type"].to_numpy()
+    for b, (s, e) in enumerate(zip(starts, ends)):
+        yield Batch(b, str(kinds[s]), q[s:e], p[s:e], None if neg is None else neg[s:e])
+
+
+def read_spec(model_dir: str | Path) -> dict[str, str]:
+    """Prefixes and pooling of an encoder directory (hybridir.json, written by the import stage)."""
+    path = Path(model_dir) / SPEC_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the encoder directory must come from "
+                                "`hybridir import-encoder` (it records prefixes and pooling)")
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    missing = [k for k in ("query_prefix", "passage_prefix", "pooling") if k not in spec]
+    if missing:
+        raise ValueError(f"{path} lacks keys {missing}")
+    return spec
+
+
+def validation_table(pairs: pd.DataFrame, *, batch_size: int, n_batches: int, langs: list[str] | None,
+                     log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Fixed validation batches from split == 'valid': half X-X-mono, half X-Y (fixed seed)."""
+    n_xx = n_batches // 2
+    parts, errors = [], []
+    for kind, n, seed in (("xx_mono", n_xx, VALID_SEED), ("xy", n_batches - n_xx, VALID_SEED + 1)):
+        try:
+            parts.append(build_batches(pairs, strategy=kind, alpha=0.5, batch_size=batch_size, steps=n,
+                                       seed=seed, split="valid", langs=langs, log=lambda m: None))
+        except ValueError as exc:
+            errors.append(f"{kind}: {exc}")
+    if not parts:
+        raise ValueError("cannot build validation batches from split == 'valid': " + "; ".join(errors)
+                         + " (raise data.valid_fraction or lower train.batch_size)")
+    if errors and log:
+        log("train: validation uses one batch type only: " + "; ".join(errors))
+    if len(parts) == 1:   # one type impossible (e.g. only single-language sources): all of the other
+        kind = parts[0]["batch_type"].iloc[0]
+        parts = [build_batches(pairs, strategy=kind, alpha=0.5, batch_size=batch_size, steps=n_batches,
+                               seed=VALID_SEED, split="valid", langs=langs, log=lambda m: None)]
+    else:
+        parts[1] = parts[1].assign(batch_id=parts[1]["batch_id"] + n_xx)
+    return pd.concat(parts, ignore_index=True)
+
+
+# ---------------------------------------------------------------- distributed (minimal, see docstring)
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        import torch.distributed.nn.functional as dist_fn
+        return torch.cat(dist_fn.all_gather(t), dim=0)   # differentiable
+
+    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(self.world)
+
+    def mean(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], device=torch.device("cuda") if torch.cuda.is_available() else None)
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / self.world
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def cpu_has_native_bf16() -> bool:
+    """avx512_bf16 or AMX: without them CPU bf16 autocast is emulated and several times slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True   # unknown (not Linux): do not warn
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def setup_device() -> tuple[torch.device, Dist]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu"), Dist()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    return device, Dist(torch.distributed.get_rank(), world)
+
+
+# ---------------------------------------------------------------- the loss
+
+
+def info_nce(queries: torch.Tensor, candidates: torch.Tensor, scale: float,
+             labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean InfoNCE; queries [n, d], candidates [m, d] (L2-normalised); positive of i = candidate labels[i]."""
+    logits = scale * queries @ candidates.T
+    if labels is None:
+        labels = torch.arange(len(queries), device=queries.device)
+    return F.cross_entropy(logits, labels)
+
+
+class Texts:
+    """Prefixed query / passage texts of the pairs table, indexed by row_id."""
+
+    def __init__(self, pairs: pd.DataFrame, spec: dict[str, str]):
+        self.queries = np.asarray([spec["query_prefix"] + t for t in pairs["query"].tolist()], dtype=object)
+        self.passages = np.asarray([spec["passage_prefix"] + t for t in pairs["passage"].tolist()], dtype=object)
+
+
+def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, max_length: int, pooling: str,
+          device: torch.device) -> tuple[torch.Tensor, int]:
+    """L2-normalised fp32 embeddings (differentiable) and the number of non-padding tokens."""
+    from .modeling import pool   # lazily: `hybridir batches` and the CLI do not need modeling.py
+
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    enc = {k: v.to(device) for k, v in enc.items()}
+    out = model(**enc)
+    emb = pool(out.last_hidden_state, enc["attention_mask"], pooling)
+    return F.normalize(emb.float(), dim=-1), int(enc["attention_mask"].sum())
+
+
+def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batch, cfg: TrainConfig,
+               pooling: str, device: torch.device, dist: Dist = Dist()) -> tuple[torch.Tensor, int]:
+    """This rank's loss on `batch` (its shard of the queries against the whole batch's candidates)."""
+    n = len(batch.query_rows)
+    if n % dist.world:
+        raise ValueError(f"batch of {n} triplets does not split evenly over {dist.world} ranks")
+    k = n // dist.world
+    shard = slice(dist.rank * k, (dist.rank + 1) * k)
+    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    with amp:
+        q, tq = embed(model, tokenizer, texts.queries[batch.query_rows[shard]],
+                      max_length=cfg.query_max_length, pooling=pooling, device=device)
+        p, tp = embed(model, tokenizer, texts.passages[batch.passage_rows[shard]],
+                      max_length=cfg.passage_max_length, pooling=pooling, device=device)
+        cands = [dist.gather(p)]
+        tokens = tq + tp
+        if batch.negative_rows is not None:
+            neg, tn = embed(model, tokenizer, texts.passages[batch.negative_rows[shard]],
+                            max_length=cfg.passage_max_length, pooling=pooling, device=device)
+            cands.append(dist.gather(neg))
+            tokens += tn
+    labels = torch.arange(k, device=q.device) + dist.rank * k
+    return info_nce(q, torch.cat(cands, dim=0), cfg.scale, labels), tokens
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batches: list[Batch],
+                    cfg: TrainConfig, pooling: str, device: torch.device) -> dict[str, float]:
+    """Mean loss over the validation batches, overall and per batch type (dropout off)."""
+    was_training = model.training
+    model.eval()
+    per: dict[str, list[float]] = {}
+    for b in batches:
+        loss, _ = batch_loss(model, tokenizer, texts, b, cfg, pooling, device)
+        per.setdefault(b.batch_type, []).append(float(loss))
+    model.train(was_training)
+    out = {"valid_loss": float(np.mean([v for vs in per.values() for v in vs]))}
+    out.update({f"valid_loss_{k}": float(np.mean(v)) for k, v in sorted(per.items())})
+    return out
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, list]:
+    """AdamW over the trainable parameters (weight decay on matrices only); also returns them."""
+    if cfg.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    return opt, decay + no_decay
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then linear decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
+
+
+def train_loop(model: torch.nn.Module, tokenizer: Any, *, texts: Texts, batches: list[Batch],
+               valid: list[Batch], cfg: TrainConfig, pooling: str, device: torch.device,
+               save_best: Callable[[int], None], dist: Dist = Dist(), progress: bool = True,
+               log: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Train on `batches` in order; call save_best(step) whenever the validation loss improves.
+
+    Returns the per-step log (step, train_loss, lr, valid_loss, ...) and the summary numbers.
+    """
+    from tqdm.auto import tqdm
+
+    log = log or (lambda m: None)
+    steps = len(batches)
+    warmup = math.ceil(cfg.warmup_ratio * steps)
+    model.to(device)
+    model.train()
+    opt, params = make_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
+    rows: list[dict[str, Any]] = []
+    best = {"step": -1, "valid_loss": math.inf}
+
+    def check(step: int) -> dict[str, float]:
+        v = validation_loss(model, tokenizer, texts, valid, cfg, pooling, device)
+        if v["valid_loss"] < best["valid_loss"]:
+            best.update(step=step, valid_loss=v["valid_loss"])
+            save_best(step)
+        return v
+
+    t0 = time.perf_counter()
+    rows.append({"step": 0, "train_loss": math.nan, "lr": 0.0, "batch_type": "", **check(0)})
+    train_seconds, tokens = 0.0, 0
+    bar = tqdm(total=steps, desc="train", disable=not (progress and dist.main), file=sys.stderr)
+    for i, batch in enumerate(batches):
+        t = time.perf_counter()
+        lr = sched.get_last_lr()[0]
+        loss, n_tok = batch_loss(model, tokenizer, texts, batch, cfg, pooling, device, dist)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        dist.average_grads(params)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        value = dist.mean(float(loss.detach()))
+        if not math.isfinite(value):
+            raise RuntimeError(f"training loss is {value} at step {i + 1} (batch {batch.batch_id}); "
+                               "lower train.lr or use train.precision: fp32")
+        train_seconds += time.perf_counter() - t
+        tokens += n_tok * dist.world
+        step = i + 1
+        row = {"step": step, "train_loss": value, "lr": lr, "batch_type": batch.batch_type}
+        if step % cfg.valid_every == 0 or step == steps:
+            row.update(check(step))
+            log(f"train: step {step}: valid_loss {row['valid_loss']:.4f} (best {best['valid_loss']:.4f} "
+                f"at step {best['step']})")
+        rows.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+    bar.close()
+    table = pd.DataFrame(rows)
+    first = ["step", "train_loss", "lr", "valid_loss"]
+    table = table[first + sorted(c for c in table.columns if c.startswith("valid_loss_")) + ["batch_type"]]
+    summary = {
+        "steps": steps, "best_step": best["step"], "best_valid_loss": best["valid_loss"],
+        "base_valid_loss": float(table["valid_loss"].iloc[0]),
+        "returned_base_model": best["step"] == 0,
+        "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
+        "steps_per_s": steps / train_seconds if train_seconds else math.nan,
+        "tokens_per_s": tokens / train_seconds if train_seconds else math.nan,
+        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
+        "tokens_counted": "non-padding query + passage (+ negative) tokens, all ranks",
+    }
+    return table, summary
+
+
+def plot_losses(table: pd.DataFrame, best_step: int, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    tr = table[table["step"] > 0]
+    ax.plot(tr["step"], tr["train_loss"], lw=0.6, alpha=0.5, label="train (per batch)")
+    ax.plot(tr["step"], tr["train_loss"].rolling(10, min_periods=1).mean(), lw=1.5, label="train (10-step mean)")
+    va = table.dropna(subset=["valid_loss"])
+    ax.plot(va["step"], va["valid_loss"], "o-", label="validation")
+    ax.axvline(best_step, color="grey", ls="--", lw=1, label=f"selected (step {best_step})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("InfoNCE loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def check_batches(table: pd.DataFrame, settings: dict[str, Any], pairs: pd.DataFrame, tp: dict[str, Any],
+                  path: str) -> None:
+    """The batch table must belong to these pairs and these params (else it is stale)."""
+    if settings.get("pairs_fingerprint") != pairs_fingerprint(pairs):
+        raise ValueError(f"{path} was built from a different pairs table; rebuild it with `hybridir batches`")
+    for key in ("batch_size", "steps", "extra_negatives"):
+        if settings.get(key) != tp[key]:
+            raise ValueError(f"{path} was built with {key} = {settings.get(key)} but train.{key} = {tp[key]}; "
+                             "rebuild it with `hybridir batches`")
+    rows = np.concatenate([table[c].to_numpy(np.int64) for c in ("query_row", "passage_row", "negative_row")
+                           if c in table.columns])
+    if rows.min() < 0 or rows.max() >= len(pairs):
+        raise ValueError(f"{path} points at rows outside the pairs table")
+    if not (pairs["split"].to_numpy()[rows] == "train").all():
+        raise ValueError(f"{path} uses rows that are not split == 'train'")
+
+
+def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | Path,
+                 batches_path: str | Path, out: str | Path, seed: int | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """The whole stage; returns train_summary.json's content."""
+    log = (lambda m: print(m, file=sys.stderr))
+    t0 = time.perf_counter()
+    tp = params["train"]
+    cfg = TrainConfig.from_params(tp)
+    spec = read_spec(base)
+    pairs = read_pairs(pairs_path)
+    table, settings = read_batches(batches_path)
+    check_batches(table, settings, pairs, tp, str(batches_path))
+    seed = int(settings["seed"]) if seed is None else seed
+    device, dist = setup_device()
+    torch.manual_seed(seed + dist.rank)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cpu" and cfg.precision == "bf16" and not cpu_has_native_bf16():
+        log("train: warning: this CPU has no native bf16 (avx512_bf16 / AMX); bf16 autocast is emulated and "
+            "several times slower than fp32 here: consider train.precision: fp32")
+    langs = params["data"].get("train_langs")
+    valid_table = validation_table(pairs, batch_size=int(tp["batch_size"]), n_batches=cfg.valid_batches,
+                                   langs=langs, log=log)
+    from .modeling import load_encoder
+
+    tokenizer, model = load_encoder(base)
+    texts = Texts(pairs, spec)
+    batches = list(iter_batches(table))
+    valid = list(iter_batches(valid_table))
+
+    out = Path(out)
+    with (atomic_path(out) if dist.main else contextlib.nullcontext(None)) as tmp:
+        def save_best(step: int) -> None:
+            if dist.main:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+            dist.barrier()
+
+        log_table, summary = train_loop(model, tokenizer, texts=texts, batches=batches, valid=valid, cfg=cfg,
+                                        pooling=spec["pooling"], device=device, save_best=save_best,
+                                        dist=dist, progress=progress, log=log)
+        if summary["returned_base_model"]:
+            log("train: no step improved the validation loss of the base model: the output IS the base model")
+        summary.update({
+            "seconds": time.perf_counter() - t0, "seed": seed, "strategy": settings.get("strategy"),
+            "batch_size": int(tp["batch_size"]), "device": str(device), "world_size": dist.world,
+            "torch_threads": torch.get_num_threads(), "valid_batches": len(valid),
+            "valid_batch_types": valid_table.drop_duplicates("batch_id")["batch_type"].value_counts()
+            .sort_index().to_dict(),
+            "config": asdict(cfg),
+        })
+        if dist.main:
+            shutil.copyfile(Path(base) / SPEC_FILE, tmp / SPEC_FILE)
+            log_table.to_csv(tmp / "loss.csv", index=False)
+            plot_losses(log_table, summary["best_step"], tmp / "loss.png")
+            (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    dist.barrier()
+    log(f"train: {out}: best step {summary['best_step']} (valid loss {summary['best_valid_loss']:.4f}, "
+        f"base {summary['base_valid_loss']:.4f}); {summary['steps_per_s']:.3f} steps/s, "
+        f"{summary['tokens_per_s']:.0f} tokens/s")
+    return summary
+
+
+def _run(args: argparse.Namespace) -> int:
+    run_training(params=load_params(args.params), base=args.base, pairs_path=args.pairs,
+                 batches_path=args.batches, out=args.out, seed=args.seed, progress=not args.no_progress)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fine-tune the encoder on a batch table (InfoNCE, in-batch negatives)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--base", required=True, help="base encoder directory (with hybridir.json)")
+    p.add_argument("--pairs", default="data/train/pairs.parquet")
+    p.add_argument("--batches", required=True, help="batch table from `hybridir batches`")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--seed", type=int, default=None, help="torch seed (default: the batch table's seed)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)

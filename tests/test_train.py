@@ -1,0 +1,239 @@
+"""Training on real batches with a real (tiny) transformer: a 2-layer BERT with a WordPiece
+tokenizer trained on the fly on the fixture's texts, saved as an encoder directory."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from hybridir.batches import build_batches
+from hybridir.cli import main
+from hybridir.train import (Batch, Dist, Texts, TrainConfig, batch_loss, info_nce, iter_batches, lr_factor,
+                            read_spec, train_loop)
+
+from pairs_fixture import build_pairs
+
+SPEC = {"query_prefix": "query: ", "passage_prefix": "passage: ", "pooling": "mean"}
+BATCH = 8
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model gains nothing from threads, and on a shared CPU OpenMP spinning makes 2 threads ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_tiny_encoder(texts: list[str], out: Path) -> Path:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=3000, special_tokens=special))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")),
+                                                 ("[SEP]", tok.token_to_id("[SEP]"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
+    BertModel(config, add_pooling_layer=False).save_pretrained(out)
+    fast.save_pretrained(out)
+    (out / "hybridir.json").write_text(json.dumps(SPEC))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pairs(mirror: Path) -> pd.DataFrame:
+    return build_pairs(mirror, ntrex_lines=400, tatoeba_lines=120, arcd_questions=60)
+
+
+@pytest.fixture(scope="module")
+def files(pairs: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("train")
+    pairs.to_parquet(d / "pairs.parquet", index=False)
+    make_tiny_encoder(pairs["query"].tolist() + pairs["passage"].tolist(), d / "base")
+    return {"dir": d, "pairs": d / "pairs.parquet", "base": d / "base"}
+
+
+def write_params(repo: Path, d: Path, **train: object) -> Path:
+    params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    params["train"].update({"batch_size": BATCH, "steps": 4, "valid_every": 2, "valid_batches": 2,
+                            "lr": 1e-3, "warmup_ratio": 0.25, "precision": "fp32",
+                            "query_max_length": 32, "passage_max_length": 48} | train)
+    path = d / "params.yaml"
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    return path
+
+
+def cfg(**kw: object) -> TrainConfig:
+    base = dict(lr=1e-3, weight_decay=0.01, warmup_ratio=0.0, scale=20.0, max_grad_norm=1.0,
+                query_max_length=32, passage_max_length=48, valid_every=100, valid_batches=2,
+                precision="fp32", freeze_embeddings=False)
+    return TrainConfig(**(base | kw))
+
+
+def load_tiny(base: Path):
+    from hybridir.modeling import load_encoder
+    return load_encoder(base)
+
+
+def test_info_nce_is_the_in_batch_softmax() -> None:
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(7, 8, generator=g), dim=-1)   # 5 positives + 2 negatives
+    s = 20.0
+    cos = (q @ d.T).numpy().astype(np.float64)
+    expected = np.mean([-np.log(np.exp(s * cos[i, i]) / np.exp(s * cos[i]).sum()) for i in range(5)])
+    assert float(info_nce(q, d, s)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_iter_batches_yields_the_table_in_order(pairs: pd.DataFrame) -> None:
+    table = build_batches(pairs, strategy="hybrid", alpha=0.5, batch_size=BATCH, steps=12, seed=3)
+    got = list(iter_batches(table))
+    assert [b.batch_id for b in got] == list(range(12))
+    for b in got:
+        part = table[table["batch_id"] == b.batch_id]
+        assert b.batch_type == part["batch_type"].iloc[0]
+        assert b.query_rows.tolist() == part["query_row"].tolist()
+        assert b.passage_rows.tolist() == part["passage_row"].tolist()
+        assert b.negative_rows is None
+    with pytest.raises(ValueError, match="in order"):
+        list(iter_batches(table.iloc[::-1]))
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    f = [lr_factor(s, 10, 3) for s in range(10)]
+    assert f[0] < f[1] < f[2] < f[3] == 1.0
+    assert all(a > b for a, b in zip(f[3:], f[4:])) and 0 < f[-1] <= 1 / 7 + 1e-9
+
+
+def test_loss_decreases_on_a_repeated_batch(files: dict[str, Path], pairs: pd.DataFrame) -> None:
+    tokenizer, model = load_tiny(files["base"])
+    table = build_batches(pairs, strategy="xy", alpha=0.5, batch_size=BATCH, steps=1, seed=0)
+    batch = next(iter_batches(table))
+    torch.manual_seed(0)
+    log, summary = train_loop(model, tokenizer, texts=Texts(pairs, SPEC), batches=[batch] * 12, valid=[batch],
+                              cfg=cfg(lr=3e-3, valid_every=12), pooling="mean", device=torch.device("cpu"),
+                              save_best=lambda step: None, progress=False)
+    losses = log["train_loss"].dropna().to_numpy()
+    assert np.isfinite(losses).all()
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert summary["best_step"] == 12 and log["valid_loss"].iloc[-1] < log["valid_loss"].iloc[0]
+
+
+def test_bf16_autocast_on_cpu(files: dict[str, Path], pairs: pd.DataFrame) -> None:
+    tokenizer, model = load_tiny(files["base"])
+    table = build_batches(pairs, strategy="xx_mono", alpha=0.5, batch_size=BATCH, steps=1, seed=0)
+    loss, tokens = batch_loss(model, tokenizer, Texts(pairs, SPEC), next(iter_batches(table)),
+                              cfg(precision="bf16"), "mean", torch.device("cpu"))
+    assert torch.isfinite(loss) and tokens > 0
+    loss.backward()
+    assert model.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_train_stage_end_to_end(repo: Path, files: dict[str, Path], pairs: pd.DataFrame) -> None:
+    d = files["dir"]
+    params = write_params(repo, d)
+    batches = d / "hybrid-s0.parquet"
+    assert main(["batches", "--params", str(params), "--pairs", str(files["pairs"]), "--strategy", "hybrid",
+                 "--seed", "0", "--out", str(batches)]) == 0
+    out = d / "trained"
+    assert main(["train", "--params", str(params), "--base", str(files["base"]), "--pairs", str(files["pairs"]),
+                 "--batches", str(batches), "--out", str(out), "--no-progress"]) == 0
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "hybridir.json", "loss.csv", "loss.png",
+                 "train_summary.json"):
+        assert (out / name).is_file(), name
+    assert read_spec(out) == SPEC
+    summary = json.loads((out / "train_summary.json").read_text())
+    for key in ("steps", "best_step", "best_valid_loss", "seconds", "steps_per_s", "tokens_per_s",
+                "peak_memory_mb", "returned_base_model"):
+        assert key in summary, key
+    assert summary["steps"] == 4 and summary["valid_batch_types"] == {"xx_mono": 1, "xy": 1}
+    log = pd.read_csv(out / "loss.csv")
+    assert list(log.columns[:4]) == ["step", "train_loss", "lr", "valid_loss"]
+    assert log["step"].tolist() == [0, 1, 2, 3, 4]
+    assert np.isfinite(log["train_loss"].iloc[1:]).all()
+    assert log.dropna(subset=["valid_loss"])["step"].tolist() == [0, 2, 4]
+    # the loop consumed exactly the table's batches, in order
+    table = pq.read_table(batches).to_pandas()
+    assert log["batch_type"].iloc[1:].tolist() == table.drop_duplicates("batch_id")["batch_type"].tolist()
+    # the selected checkpoint is the lowest validation loss, and it is what was saved
+    valid = log.dropna(subset=["valid_loss"])
+    assert summary["best_step"] == int(valid.loc[valid["valid_loss"].idxmin(), "step"])
+    tokenizer, model = load_tiny(out)
+    saved = load_file(str(out / "model.safetensors"))
+    base = load_file(str(files["base"] / "model.safetensors"))
+    key = next(k for k in saved if "word_embeddings" in k)
+    same = torch.equal(saved[key], base[key])
+    assert same == summary["returned_base_model"]
+    assert tokenizer("query: hello")["input_ids"]
+
+
+def test_stale_batches_are_refused(repo: Path, files: dict[str, Path], tmp_path: Path) -> None:
+    params = write_params(repo, tmp_path)
+    batches = tmp_path / "b.parquet"
+    assert main(["batches", "--params", str(params), "--pairs", str(files["pairs"]), "--strategy", "xy",
+                 "--seed", "1", "--out", str(batches)]) == 0
+    params = write_params(repo, tmp_path, steps=6)
+    rc = main(["train", "--params", str(params), "--base", str(files["base"]), "--pairs", str(files["pairs"]),
+               "--batches", str(batches), "--out", str(tmp_path / "m"), "--no-progress"])
+    assert rc == 2 and not (tmp_path / "m").exists()
+
+
+def _ddp_worker(rank: int, world: int, init: str, base: str, pairs_path: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    pairs = pd.read_parquet(pairs_path)
+    tokenizer, model = load_tiny(Path(base))
+    model.eval()   # no dropout: ranks and the reference must compute the same function
+    table = build_batches(pairs, strategy="xy", alpha=0.5, batch_size=BATCH, steps=1, seed=5, extra_negatives=1)
+    dist = Dist(rank, world)
+    loss, _ = batch_loss(model, tokenizer, Texts(pairs, SPEC), next(iter_batches(table)), cfg(), "mean",
+                         torch.device("cpu"), dist)
+    loss.backward()
+    params = [p for p in model.parameters()]
+    dist.average_grads(params)
+    if rank == 0:
+        torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, out)
+    torch.distributed.destroy_process_group()
+
+
+def test_sharded_gather_matches_full_batch_gradient(files: dict[str, Path], pairs: pd.DataFrame,
+                                                    tmp_path: Path) -> None:
+    """The multi-rank path (gloo on CPU, 2 ranks): same gradient as one process on the whole batch."""
+    out = tmp_path / "grads.pt"
+    ctx = mp.get_context("spawn")
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, init, str(files["base"]), str(files["pairs"]), str(out)))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0], "a rank failed (its traceback is in the captured stderr)"
+    sharded = torch.load(out, weights_only=True)
+    tokenizer, model = load_tiny(files["base"])
+    model.eval()
+    table = build_batches(pairs, strategy="xy", alpha=0.5, batch_size=BATCH, steps=1, seed=5, extra_negatives=1)
+    loss, _ = batch_loss(model, tokenizer, Texts(pairs, SPEC), next(iter_batches(table)), cfg(), "mean",
+                         torch.device("cpu"))
+    loss.backward()
+    full = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(full) == set(sharded)
+    for name, g in full.items():
+        torch.testing.assert_close(sharded[name], g, rtol=1e-4, atol=1e-6, msg=name)
