@@ -49,12 +49,13 @@ from .config import load_params
 from .evaldata import DATASETS, raw_file, read_squad_json
 from .sources import Source, find, load_registry, local_path
 
-SOURCES = ("wmt24pp", "ntrex", "tico19", "arcd")
+SOURCES = ("wmt24pp", "ntrex", "tico19", "arcd", "mmarco")
 SOURCE_LANGS: dict[str, tuple[str, ...]] = {
     "wmt24pp": ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"),
     "ntrex": ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"),
     "tico19": ("ar", "en", "es", "hi", "ru", "zh"),
     "arcd": ("ar",),
+    "mmarco": ("ar", "de", "en", "es", "hi", "ru", "zh"),  # hub only: the paper profile
 }
 WMT_FILES = {"ar": "ar_SA", "de": "de_DE", "el": "el_GR", "es": "es_MX", "hi": "hi_IN", "ru": "ru_RU",
              "th": "th_TH", "tr": "tr_TR", "vi": "vi_VN", "zh": "zh_CN"}
@@ -385,6 +386,16 @@ def build_pairs(raw_dir: str | Path, data_params: dict[str, Any]) -> tuple[pd.Da
             report.skipped[source] = skipped
             rows = [{"source": source, "group_id": f"arcd:{it['unit_id']}", "doc_id": f"arcd:{it['doc_id']}",
                      "lang": "ar", "query": it["query"], "passage": it["passage"]} for it in clean_items]
+        elif source == "mmarco":
+            from .mmarco import mmarco_pairs  # needs the hub (or a local copy): the paper profile only
+            found = mmarco_pairs(langs, max_queries=data_params.get("max_groups_per_source"),
+                                 valid_fraction=data_params["valid_fraction"], seed=seed)
+            leaks = (found["query"].map(lambda t: overlaps(t, forbidden))
+                     | found["passage"].map(lambda t: overlaps(t, forbidden)))
+            clean = found[~found["group_id"].isin(set(found.loc[leaks, "group_id"]))]  # whole groups
+            report.removed_units[source] = found["group_id"].nunique() - clean["group_id"].nunique()
+            rows = [{"source": source, "group_id": r.group_id, "doc_id": r.group_id, "lang": r.lang,
+                     "query": r.query, "passage": r.passage} for r in clean.itertuples()]
         else:
             docs = readers[source](raw_dir, langs, registry)
             docs, report.removed_units[source] = drop_overlapping_units(docs, forbidden)
