@@ -7,7 +7,10 @@ from hybridir.pipeline import stages, param_values
 
 configfile: "params.yaml"
 
-PARAMS_FILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else "params.yaml"
+import os
+
+PARAMS_FILE = (os.path.relpath(workflow.overwrite_configfiles[-1])
+               if workflow.overwrite_configfiles else "params.yaml")
 if workflow.config_settings.config:
     # The stage commands read the params file, so --config overrides would not reach them.
     raise ValueError("hybridir: change parameters in params.yaml or pass a whole file with "

@@ -11,6 +11,8 @@ for stage in STAGES:
         output:
             [smk_path(o) for o in stage.all_outs],
         params:
+            # Bound here: a shell f-string would be formatted late, with the loop's last stage.
+            cmd=stage.cmd,
             values=param_values(config, stage.params),
         log:
             f"logs/{stage.name}.log",
@@ -19,4 +21,4 @@ for stage in STAGES:
         conda:
             "../envs/hybridir.yaml"
         shell:
-            f"{stage.cmd} > {{log}} 2>&1"
+            "{params.cmd} > {log} 2>&1"
