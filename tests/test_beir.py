@@ -23,33 +23,8 @@ from hybridir.beir import (BeirData, beir_zip, evaluate_embeddings, read_beir, r
                            subsample)
 from hybridir.cli import main
 from hybridir.sources import find, load_registry
+from tiny_encoder import SPEC, make_tiny_encoder
 
-SPEC = {"query_prefix": "query: ", "passage_prefix": "passage: ", "pooling": "mean"}
-
-
-def make_tiny_encoder(texts: list[str], out: Path) -> Path:
-    """A 2-layer BERT (random weights, seeded) and a WordPiece tokenizer trained on `texts`."""
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=special))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")),
-                                                 ("[SEP]", tok.token_to_id("[SEP]"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(out)
-    fast.save_pretrained(out)
-    (out / "hybridir.json").write_text(json.dumps(SPEC))
-    return out
 
 
 def write_subset_zip(mirror: Path, raw: Path, name: str, n_queries: int, n_other_docs: int) -> Path:
@@ -159,7 +134,7 @@ def stage(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) ->
     for name in ("nfcorpus", "arguana"):
         data = read_beir(beir_zip(raw, name))
         texts += data.corpus["text"].tolist() + data.queries["text"].tolist()
-    model = make_tiny_encoder(texts, root / "model")
+    model = make_tiny_encoder(texts, root / "model", vocab_size=2000)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["encoder"]["max_length"] = 128
     params["evaluate"].update(precision="fp32", batch_size=16, threads=None)

@@ -20,8 +20,8 @@ from hybridir.train import (Batch, Dist, Texts, TrainConfig, batch_loss, info_nc
                             read_spec, train_loop)
 
 from pairs_fixture import build_pairs
+from tiny_encoder import SPEC, make_tiny_encoder
 
-SPEC = {"query_prefix": "query: ", "passage_prefix": "passage: ", "pooling": "mean"}
 BATCH = 8
 
 
@@ -32,29 +32,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def make_tiny_encoder(texts: list[str], out: Path) -> Path:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=3000, special_tokens=special))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")),
-                                                 ("[SEP]", tok.token_to_id("[SEP]"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
-    BertModel(config, add_pooling_layer=False).save_pretrained(out)
-    fast.save_pretrained(out)
-    (out / "hybridir.json").write_text(json.dumps(SPEC))
-    return out
 
 
 @pytest.fixture(scope="module")
