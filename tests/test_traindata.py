@@ -97,18 +97,18 @@ def test_splits_are_disjoint_by_group_and_document(built):
     groups = pairs.drop_duplicates("group_id")
     for source, part in groups.groupby("source"):
         share = (part["split"] == "valid").mean()
-        assert 0.5 * data["valid_fraction"] <= share <= data["valid_fraction"] + 1e-9, source
+        assert 0.5 * data["valid_fraction"] <= share <= data["valid_fraction"] + 1 / len(part), source  # rounding
 
 
 def test_passages_are_neighbours_never_the_query(built):
-    """Inverse cloze with context_sides=one, context_sentences=1: the passage is the query of a
-    neighbouring unit of the same document in the same language."""
+    """Inverse cloze with context_sides=one, context_sentences=1: query and passage are the two units
+    of a window; windows do not overlap, so no text is shared between groups of a document."""
     pairs, _, data = built
     assert (data["context_sides"], data["context_sentences"]) == ("one", 1)
     ict = pairs[pairs["source"] != "arcd"]
     assert (ict["query"] != ict["passage"]).all()
     for (doc, lang), part in ict[ict["source"] == "ntrex"].groupby(["doc_id", "lang"]):
-        assert set(part["passage"]) <= set(part["query"]), (doc, lang)
+        assert not set(part["passage"]) & set(part["query"]), (doc, lang)
     # translations: a group's passages differ per language (not copied English)
     sample = ict.groupby("group_id")["passage"].nunique()
     assert (sample > 1).mean() > 0.99

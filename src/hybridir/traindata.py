@@ -288,7 +288,10 @@ def _has_word(text: str) -> bool:
 
 def inverse_cloze_rows(source: str, docs: list[Document], langs: list[str], context: int,
                        sides: str, seed: int) -> tuple[list[dict[str, Any]], int]:
-    """One row per (unit, language): query = the unit, passage = its neighbours in that language.
+    """One row per (window, language): query = one unit, passage = its neighbours in that language.
+
+    Windows of 1 + context (sides "one": the query at a drawn end) or 1 + 2 * context units
+    (sides "both": the query in the middle) tile each document without overlap.
 
     Units missing, empty or without a letter/digit (stray punctuation lines) in any of `langs` are
     removed from the document first, in every language, so a group always has all of `langs` and its
@@ -305,16 +308,18 @@ def inverse_cloze_rows(source: str, docs: list[Document], langs: list[str], cont
         if n < 2:
             skipped += n
             continue
-        for i in range(n):
-            group_id = f"{source}:{doc.doc_id}:{ids[i]}"
-            before = list(range(max(0, i - context), i))
-            after = list(range(i + 1, min(n, i + 1 + context)))
-            if sides == "one":
-                # one side, drawn per group (seeded); the only side there is at a document edge
-                take_after = (_unit_hash(seed, group_id) % 2 == 0) if before and after else bool(after)
-                neighbours = after if take_after else before
+        # Disjoint windows: no sentence belongs to two groups, so one group's passage is never
+        # another group's query or passage (in-batch false negatives that swamp the loss).
+        width = 1 + context * (1 if sides == "one" else 2)
+        for start in range(0, n - width + 1, width):
+            window = list(range(start, start + width))
+            if sides == "one":  # the query at one end of the window, drawn per window (seeded)
+                at_end = _unit_hash(seed, f"{source}:{doc.doc_id}:{ids[start]}") % 2 == 0
+                i = window[-1] if at_end else window[0]
             else:
-                neighbours = before + after
+                i = window[context]
+            group_id = f"{source}:{doc.doc_id}:{ids[i]}"
+            neighbours = [j for j in window if j != i]
             for lang in langs:
                 rows.append({"source": source, "group_id": group_id, "doc_id": f"{source}:{doc.doc_id}",
                              "lang": lang, "query": units[i][lang],
