@@ -2,7 +2,7 @@
 # the same table `hybridir dvc-yaml` writes as dvc.yaml, so Snakemake and DVC run one DAG.
 #   snakemake --cores 2                                   # default pipeline (params.yaml)
 #   snakemake --cores 2 --configfile config/smoke.yaml    # minutes-long smoke run
-from hybridir.config import validate
+from hybridir.config import load_params, validate
 from hybridir.pipeline import stages, param_values
 
 configfile: "params.yaml"
@@ -15,6 +15,7 @@ if workflow.config_settings.config:
     # The stage commands read the params file, so --config overrides would not reach them.
     raise ValueError("hybridir: change parameters in params.yaml or pass a whole file with "
                      "--configfile FILE; --config KEY=VALUE overrides are not supported")
+load_params(PARAMS_FILE)  # the stages read this file alone, so it must be complete and valid by itself
 validate(config, PARAMS_FILE)
 STAGES = stages(config, str(PARAMS_FILE))
 
@@ -25,4 +26,4 @@ include: "workflow/rules/stages.smk"
 rule all:
     default_target: True
     input:
-        [o.rstrip("/") for s in STAGES if s.group == "report" for o in s.all_outs],
+        [target(o) for s in STAGES if s.group == "report" for o in s.all_outs],

@@ -53,8 +53,12 @@ def fetch_one(source: Source, dest: Path, mirror: Path | None) -> str:
         if cached and cached.is_file():
             shutil.copyfile(cached, tmp)
         else:
-            with urllib.request.urlopen(source.url, timeout=60) as resp, open(tmp, "wb") as out:
-                shutil.copyfileobj(resp, out)
+            try:
+                with urllib.request.urlopen(source.url, timeout=60) as resp, open(tmp, "wb") as out:
+                    shutil.copyfileobj(resp, out)
+            except OSError as exc:  # URLError, timeouts: offline machines land here
+                where = f"no copy at {cached}" if cached else "no mirror (set HYBRIDIR_MIRROR or --mirror)"
+                raise RuntimeError(f"cannot download {source.url} ({exc}); {where}") from exc
         actual = sha256_of(tmp)
         if actual != source.sha256:
             raise ChecksumError(
