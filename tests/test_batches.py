@@ -272,3 +272,14 @@ def test_alpha_override_and_group_fraction(repo: Path, pairs_file: Path, pairs: 
     kept_small = set(keep_group_fraction(pairs, 0.1)["group_id"])
     assert used["f03"] <= kept and used["f03xy"] <= kept and used["f01"] <= kept_small
     assert kept_small < kept
+
+
+def test_hybrid_end_points_are_the_pure_strategies(pairs: pd.DataFrame) -> None:
+    """The alpha sweep's end points reuse the X-X-mono and X-Y runs (pipeline.make_run): that is
+    only right if hybrid at alpha 1 / 0 builds exactly their batches."""
+    settings = dict(batch_size=BATCH, steps=60, seed=3)
+    for alpha, pure in ((1.0, "xx_mono"), (0.0, "xy")):
+        hybrid = build_batches(pairs, strategy="hybrid", alpha=alpha, **settings)
+        pd.testing.assert_frame_equal(hybrid, build_batches(pairs, strategy=pure, alpha=0.5, **settings))
+    mixed = build_batches(pairs, strategy="hybrid", alpha=0.5, **settings)
+    assert set(mixed["batch_type"]) == {"xx_mono", "xy"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from hybridir.config import load_params
-from hybridir.pipeline import render_dvc_yaml, stages
+from hybridir.pipeline import render_dvc_yaml, runs, stages
 
 BIN = Path(sys.executable).parent
 
@@ -53,3 +53,20 @@ def test_stage_params_exist_and_outputs_are_unique(repo: Path) -> None:
     for s in table:
         for d in s.deps:
             assert d in produced or (repo / d).exists(), f"{s.name}: dependency {d} is neither produced nor in the repo"
+
+
+def test_sweep_points_equal_to_the_main_setting_reuse_the_main_run(repo: Path) -> None:
+    params = load_params(repo / "params.yaml")
+    params["train"]["alpha"] = 0.5
+    params["experiments"].update(strategies=["xx_mono", "xy", "hybrid"], seeds=[0, 1],
+                                 alpha_sweep=[0, 0.5, 1], data_fractions=[0.25, 1.0])
+    tags = [r.tag for r in runs(params)]
+    assert len(tags) == len(set(tags))
+    assert not any("-a" in t or "-f1-" in t for t in tags)   # 0.5 = main; 0 = xy; 1 = xx_mono
+    assert {"xy-f0.25-s0", "hybrid-s1"} <= set(tags)
+    assert len(tags) == 3 * 2 + 3 * 2   # main grid and one new fraction
+    params["experiments"].update(strategies=["hybrid"], alpha_sweep=[0, 0.25, 1], data_fractions=[])
+    assert [r.tag for r in runs(params)] == ["hybrid-s0", "hybrid-s1", "xy-s0", "xy-s1", "hybrid-a0.25-s0",
+                                             "hybrid-a0.25-s1", "xx_mono-s0", "xx_mono-s1"]
+    names = [s.name for s in stages(params)]
+    assert len(names) == len(set(names)), "a deduplicated run must give one set of stages"

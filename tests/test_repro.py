@@ -148,3 +148,52 @@ def test_snakemake_reruns_only_what_a_param_reaches(snakemake_smoke: Workdir) ->
         plan = snakemake_plan(workdir, env)
     assert set(plan) == _hybrid_branch(workdir) | {"all"}
     assert snakemake_plan(workdir, env) == {}
+
+
+# ---------------------------------------------------------------- 3. experiments, metrics and plots
+
+
+def _all_dicts(node: object) -> Iterator[dict]:
+    if isinstance(node, dict):
+        yield node
+        for child in node.values():
+            yield from _all_dicts(child)
+    elif isinstance(node, list):
+        for child in node:
+            yield from _all_dicts(child)
+
+
+def _experiment(shown: object, key: str, value: str) -> dict:
+    """The `data` block of the row of `dvc exp show --json` whose `key` equals `value`."""
+    rows = [n["data"] for n in _all_dicts(shown) if n.get(key) == value and isinstance(n.get("data"), dict)]
+    assert rows, f"no experiment with {key} = {value} in `dvc exp show --json`"
+    return rows[0]
+
+
+def test_dvc_exp_run_with_another_alpha_is_compared_by_exp_show(dvc_repo: DvcRun) -> None:
+    repo, env = dvc_repo.repo, dvc_repo.env
+    head = sh(["git", "rev-parse", "HEAD"], repo, env).stdout.strip()
+    out = dvc(repo, env, "exp", "run", "-S", "train.alpha=0.3", "--name", "alpha-0.3")
+    assert sorted(dvc_ran(out)) == sorted(_hybrid_branch(repo))
+    shown = json.loads(dvc(repo, env, "exp", "show", "--json"))
+    base, exp = _experiment(shown, "rev", head), _experiment(shown, "name", "alpha-0.3")
+    assert exp["params"]["params.yaml"]["data"]["train"]["alpha"] == 0.3
+    assert base["params"]["params.yaml"]["data"]["train"]["alpha"] == 0.5
+    summary = {name: row["metrics"]["reports/summary.json"]["data"] for name, row in
+               (("base", base), ("exp", exp))}
+    for ds, systems in summary["base"]["headline"].items():
+        for system in ("zeroshot", "xx_mono", "xy"):   # untouched by alpha: identical numbers
+            assert summary["exp"]["headline"][ds][system] == systems[system]
+        assert "hybrid" in summary["exp"]["headline"][ds]
+    assert sorted(summary["exp"]["headline"]) == sorted(summary["base"]["headline"])
+
+    metrics = json.loads(dvc(repo, env, "metrics", "show", "--json"))
+    files = {f for row in _all_dicts(metrics) for f in row if f.endswith(".json")}
+    assert "reports/summary.json" in files
+    assert {f"results/e5-small/{tag}/{ds}/metrics.json" for tag in ("zeroshot", "hybrid-s0")
+            for ds in ("xquad_r", "mlqa_r")} <= files
+    plots = json.loads(dvc(repo, env, "plots", "show", "--json"))
+    assert "training loss" in plots, sorted(plots)
+    lines = [d for entry in plots["training loss"] for d in entry.get("datapoints", {}).values() or [[]]]
+    assert any(lines), "the training-loss plot has no data points"
+

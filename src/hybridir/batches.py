@@ -1,8 +1,9 @@
 """Batches stage: the table of training batches (X-X-mono, X-Y or hybrid), fixed before training.
 
 Construction, per batch (one numpy Generator(PCG64(seed)) drives every draw, in this order):
-1. Batch type: `xx_mono` and `xy` strategies fix it; `hybrid` draws X-X-mono with probability
-   alpha, else X-Y (one uniform draw per batch, even when alpha is 0 or 1).
+1. Batch type: one uniform draw u per batch for every strategy; `hybrid` takes X-X-mono when
+   u < alpha, else X-Y; `xx_mono` and `xy` ignore u. So hybrid at alpha 1 (0) gives exactly the
+   batches of xx_mono (xy) with the same seed, and the alpha sweep's end points are those runs.
 2. Source: among the sources that can give a batch of that type, drawn in proportion to the
    source's size = its number of *groups* in the split (a group is one item and all its
    translations; counting rows would favour sources with more languages).
@@ -293,10 +294,8 @@ def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float, batch_siz
     cols: dict[str, list[Any]] = {f.name: [] for f in BATCH_SCHEMA}
     negs: list[int] = []
     for b in range(steps):
-        if strategy == "hybrid":
-            kind = "xx_mono" if rng.random() < alpha else "xy"
-        else:
-            kind = strategy
+        u = rng.random()   # drawn for every strategy: see step 1 of the module docstring
+        kind = strategy if strategy != "hybrid" else ("xx_mono" if u < alpha else "xy")
         names = eligible[kind]
         w = weights[kind]
         source = names[int(rng.choice(len(names), p=w / w.sum()))]

@@ -63,14 +63,28 @@ def _ident(*parts: str) -> str:
     return "_".join(p.replace("-", "_").replace(".", "_") for p in parts)
 
 
+def make_run(params: dict[str, Any], strategy: str, seed: int, *, alpha: float | None = None,
+             fraction: float | None = None) -> Run:
+    """The Run for one setting. A sweep point that is another run's setting is that run, trained
+    once: alpha = train.alpha is the main hybrid run; hybrid at alpha 1 (0) builds exactly the
+    X-X-mono (X-Y) batches (batches.py, step 1), so it is that run; fraction 1 is the full data."""
+    if alpha is not None and float(alpha) in (0.0, 1.0):
+        strategy, alpha = ("xx_mono" if float(alpha) == 1.0 else "xy"), None
+    if alpha is not None and float(alpha) == float(params["train"]["alpha"]):
+        alpha = None
+    if fraction is not None and float(fraction) == 1.0:
+        fraction = None
+    return Run(strategy, seed, alpha=alpha, fraction=fraction)
+
+
 def runs(params: dict[str, Any]) -> list[Run]:
-    """Every trained model: the main grid, then the optional alpha and data-size sweeps."""
+    """Every trained model (each once): the main grid, then the optional alpha and data-size sweeps."""
     exp = params["experiments"]
     main = [Run(s, seed) for s in exp["strategies"] for seed in exp["seeds"]]
-    alpha = [Run("hybrid", seed, alpha=a) for a in exp["alpha_sweep"] for seed in exp["seeds"]]
-    size = [Run(s, seed, fraction=f) for f in exp["data_fractions"]
+    alpha = [make_run(params, "hybrid", seed, alpha=a) for a in exp["alpha_sweep"] for seed in exp["seeds"]]
+    size = [make_run(params, s, seed, fraction=f) for f in exp["data_fractions"]
             for s in exp["strategies"] for seed in exp["seeds"]]
-    return main + alpha + size
+    return list(dict.fromkeys(main + alpha + size))
 
 
 def model_tags(params: dict[str, Any]) -> list[str]:

@@ -9,9 +9,10 @@ and, when present, models/trained/<encoder>/<tag>/train_summary.json, benchmarks
 
 Tags are the stage table's (hybridir.pipeline.Run.tag): zeroshot (the base encoder),
 <strategy>-s<seed> (main grid: experiments.strategies x seeds; hybrid at train.alpha),
-hybrid-a<alpha>-s<seed> (experiments.alpha_sweep; alpha 0 = X-Y batches only, 1 = X-X-mono only, both
-through the hybrid sampler) and <strategy>-f<fraction>-s<seed> (experiments.data_fractions: share of
-the training groups).
+hybrid-a<alpha>-s<seed> (experiments.alpha_sweep) and <strategy>-f<fraction>-s<seed>
+(experiments.data_fractions: share of the training groups). A sweep point that is another run's
+setting reads that run (pipeline.make_run): alpha = train.alpha is hybrid-s<seed>, alpha 1 is
+xx_mono-s<seed> and alpha 0 is xy-s<seed> (the same batches), fraction 1 the full-data run.
 
 Writes (--out, all together or nothing): report.md, figures/, summary.json (DVC metrics),
 headline.csv, and alpha_sweep.csv / data_size.csv / beir.csv when those experiments are configured
@@ -33,7 +34,7 @@ import pandas as pd
 
 from .atomic import atomic_outputs
 from .config import load_params
-from .pipeline import Run
+from .pipeline import Run, make_run
 
 DATASET_LABELS = {"xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R"}
 BEIR_LABELS = {"nfcorpus": "NFCorpus", "arguana": "ArguAna"}
@@ -100,9 +101,9 @@ def experiment_grid(params: dict[str, Any]) -> Grid:
     seeds = list(exp["seeds"])
     systems = {"zeroshot": ["zeroshot"]}
     systems.update({s: [Run(s, seed).tag for seed in seeds] for s in exp["strategies"]})
-    alphas = {float(a): [Run("hybrid", seed, alpha=a).tag for seed in seeds]
+    alphas = {float(a): [make_run(params, "hybrid", seed, alpha=a).tag for seed in seeds]
               for a in exp.get("alpha_sweep") or []}
-    fractions = {(s, float(f)): [Run(s, seed, fraction=f).tag for seed in seeds]
+    fractions = {(s, float(f)): [make_run(params, s, seed, fraction=f).tag for seed in seeds]
                  for s in exp["strategies"] for f in exp.get("data_fractions") or []}
     return Grid(systems, alphas, fractions, list(exp.get("beir") or []))
 
