@@ -165,7 +165,8 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 _ident("beir", tag, ds), "evaluate",
                 f"{EXECUTABLE} beir {p} --raw data/raw --model {model_dir} --dataset {ds} --out {result}",
                 deps=("data/raw/", model_dir, _code("beir"), _code("modeling")), metrics=(result,),
-                outs=(), params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision")))
+                outs=(), params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision",
+                                 "evaluate.beir_max_queries", "evaluate.beir_max_docs", "data.seed")))
     out.append(Stage(
         "report", "report", f"{EXECUTABLE} report {p} --results results/{enc} --out reports",
         deps=tuple(report_deps) + (_code("report"), _code("significance")), outs=("reports/",),
