@@ -32,7 +32,7 @@ DIM = 48
 NOISE_SCALE = {"xquad": 1.0, "mlqa": 2.5}   # the MLQA-R subset is easier (fewer questions per context)
 # system -> (language-offset size, noise size); smaller offset = less language bias.
 SYSTEMS = {"zeroshot": (1.2, 0.9), "xx_mono": (1.0, 1.3), "xy": (0.3, 0.8), "hybrid": (0.3, 0.8),
-           "a0": (0.3, 1.0), "a0.5": (0.5, 0.9), "a1": (1.0, 1.2), "f0.5": (0.6, 1.1), "f1": (0.4, 0.9)}
+           "a0.25": (0.5, 0.9), "f0.5": (0.6, 1.1)}
 
 
 def _xquad(mirror: Path) -> evaldata.EvalTables:
@@ -87,7 +87,7 @@ def grid_params(repo: Path) -> dict[str, Any]:
                           train_langs=["ar", "de", "en", "es", "hi", "ru", "th", "tr", "zh"])
     params["train"]["alpha"] = 0.5
     params["experiments"].update(strategies=["xx_mono", "xy", "hybrid"], seeds=[0, 1],
-                                 alpha_sweep=[0, 0.5, 1], data_fractions=[0.5, 1.0],
+                                 alpha_sweep=[0, 0.25, 0.5, 1], data_fractions=[0.5, 1.0],
                                  beir=["nfcorpus", "arguana"])
     return params
 
@@ -98,7 +98,7 @@ def system_of(tag: str) -> str:
     name = tag.rsplit("-s", 1)[0]
     for sweep in ("-a", "-f"):
         if sweep in name:
-            return sweep[1] + name.split(sweep)[1]   # hybrid-a0.5 -> a0.5, xy-f1 -> f1
+            return sweep[1] + name.split(sweep)[1]   # hybrid-a0.25 -> a0.25, xy-f0.5 -> f0.5
     return name
 
 
@@ -162,10 +162,12 @@ def report(tree: dict[str, Any]) -> dict[str, Any]:
 def test_grid_tags_are_the_stage_tables(tree: dict[str, Any]) -> None:
     grid, params = tree["grid"], tree["params"]
     assert grid.systems["hybrid"] == ["hybrid-s0", "hybrid-s1"]
-    assert grid.alpha[0.0] == ["hybrid-a0-s0", "hybrid-a0-s1"]
-    assert grid.alpha[0.5] == ["hybrid-a0.5-s0", "hybrid-a0.5-s1"]
+    # A sweep point that is another run's setting reads that run (pipeline.make_run).
+    assert grid.alpha[0.0] == ["xy-s0", "xy-s1"] and grid.alpha[1.0] == ["xx_mono-s0", "xx_mono-s1"]
+    assert grid.alpha[0.5] == ["hybrid-s0", "hybrid-s1"]
+    assert grid.alpha[0.25] == ["hybrid-a0.25-s0", "hybrid-a0.25-s1"]
     assert grid.fraction["xy", 0.5] == ["xy-f0.5-s0", "xy-f0.5-s1"]
-    assert grid.fraction["xx_mono", 1.0] == ["xx_mono-f1-s0", "xx_mono-f1-s1"]
+    assert grid.fraction["xx_mono", 1.0] == ["xx_mono-s0", "xx_mono-s1"]
     assert grid.beir == ["nfcorpus", "arguana"]
     # Every tag the report reads is a model the pipeline trains and evaluates, and vice versa.
     assert set(grid.all_tags()) == set(model_tags(params))
@@ -254,17 +256,17 @@ def test_figures_sweeps_beir_and_provenance(report: dict[str, Any], tree: dict[s
     for link in links:
         assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     alpha = pd.read_csv(out / "alpha_sweep.csv")
-    assert sorted(set(alpha["alpha"])) == [0.0, 0.5, 1.0] and set(alpha["dataset"]) == {"xquad_r", "mlqa_r"}
+    assert sorted(set(alpha["alpha"])) == [0.0, 0.25, 0.5, 1.0] and set(alpha["dataset"]) == {"xquad_r", "mlqa_r"}
     mid = alpha[(alpha["alpha"] == 0.5) & (alpha["dataset"] == "xquad_r")].iloc[0]
     values = [json.loads((tree["results"] / t / "xquad_r" / "metrics.json").read_text())["mo"]
-              for t in ("hybrid-a0.5-s0", "hybrid-a0.5-s1")]
+              for t in ("hybrid-s0", "hybrid-s1")]
     assert mid["mo"] == pytest.approx(np.mean(values)) and mid["mo_std"] == pytest.approx(np.std(values, ddof=1))
     assert (alpha["n_seeds"] == 2).all()
     size = pd.read_csv(out / "data_size.csv")
     assert len(size) == 2 * 3 * 2 and set(size["fraction"]) == {0.5, 1.0}
     full = size[(size["fraction"] == 1.0) & (size["strategy"] == "xy") & (size["dataset"] == "mlqa_r")].iloc[0]
     values = [json.loads((tree["results"] / t / "mlqa_r" / "metrics.json").read_text())["cr"]
-              for t in ("xy-f1-s0", "xy-f1-s1")]
+              for t in ("xy-s0", "xy-s1")]
     assert full["cr"] == pytest.approx(np.mean(values))
     beir = pd.read_csv(out / "beir.csv")
     assert len(beir) == 2 * 4
@@ -272,7 +274,7 @@ def test_figures_sweeps_beir_and_provenance(report: dict[str, Any], tree: dict[s
     assert "## 8. English domain checks (BEIR)" in md and "NFCorpus nDCG@10" in md
     # "How produced": params, train times, encode/eval times, benchmarks, the stage commands.
     how = md.split("How this report was produced")[1]
-    assert "sha256" in how and "lr = `" in how and "alpha_sweep = `[0, 0.5, 1]`" in how
+    assert "sha256" in how and "lr = `" in how and "alpha_sweep = `[0, 0.25, 0.5, 1]`" in how
     assert "| xy-s1 | 812 | 100 | 75 |" in how
     assert "| train | 2 | 1610.5 | 2100 |" in how
     assert "hybridir evaluate --params" in how
@@ -282,14 +284,14 @@ def test_figures_sweeps_beir_and_provenance(report: dict[str, Any], tree: dict[s
 def test_missing_result_file_names_it_and_its_stage(tree: dict[str, Any], tmp_path: Path) -> None:
     results = tmp_path / "results"
     shutil.copytree(tree["results"], results)
-    (results / "hybrid-a1-s1" / "mlqa_r" / "metrics.json").unlink()
+    (results / "hybrid-a0.25-s1" / "mlqa_r" / "metrics.json").unlink()
     (results / "xy-s0" / "beir" / "arguana.json").unlink()
     inp = ReportInputs(params=tree["params"], results=results, n_permutations=100)
     with pytest.raises(FileNotFoundError) as err:
         build_report(inp, tmp_path / "reports")
     message = str(err.value)
     assert "2 result file(s)" in message
-    assert f"{results}/hybrid-a1-s1/mlqa_r/metrics.json  <- stage evaluate_hybrid_a1_s1_mlqa_r" in message
+    assert f"{results}/hybrid-a0.25-s1/mlqa_r/metrics.json  <- stage evaluate_hybrid_a0_25_s1_mlqa_r" in message
     assert "xy-s0/beir/arguana.json  <- stage beir_xy_s0_arguana" in message
     assert not (tmp_path / "reports").exists()  # nothing half-written
 
