@@ -192,8 +192,8 @@ def test_dvc_exp_run_with_another_alpha_is_compared_by_exp_show(dvc_repo: DvcRun
     assert "reports/summary.json" in files
     assert {f"results/e5-small/{tag}/{ds}/metrics.json" for tag in ("zeroshot", "hybrid-s0")
             for ds in ("xquad_r", "mlqa_r")} <= files
-    plots = json.loads(dvc(repo, env, "plots", "show", "--json"))
+    plots = json.loads(dvc(repo, env, "plots", "show", "--json"))["data"]
     assert "training loss" in plots, sorted(plots)
-    lines = [d for entry in plots["training loss"] for d in entry.get("datapoints", {}).values() or [[]]]
-    assert any(lines), "the training-loss plot has no data points"
+    points = [p for entry in plots["training loss"] for p in entry["content"]["data"]["values"]]
+    assert points and "step" in points[0], "the training-loss plot has no data points"
 

@@ -763,10 +763,13 @@ def build_report(inp: ReportInputs, out_dir: str | Path,
             md += [f"## {section}. English domain checks (BEIR)", "",
                    "Does multilingual fine-tuning cost English retrieval outside its domain? nDCG@10 and "
                    "Recall@100 (ir_measures / trec_eval) on the BEIR test queries, exact cosine search over "
-                   "the whole corpus; ArguAna excludes each query's own argument from its ranking (BEIR "
-                   f"practice). {std_note.capitalize()}."
-                   + (" **Subsampled corpora** (evaluate.beir_max_docs / beir_max_queries): not comparable "
-                      "with published BEIR numbers." if sub else ""), ""]
+                   + ("a seeded sample of the test queries and of the corpus (every relevant document of a "
+                      "kept query, filled up to evaluate.beir_max_docs with others; the same sample for "
+                      "every model), so the "
+                      "task is easier and **not comparable with published BEIR numbers**; compare the rows"
+                      if sub else "the whole corpus")
+                   + "; ArguAna excludes each query's own argument from its ranking (BEIR practice). "
+                   f"{std_note.capitalize()}.", ""]
             rows = []
             for system in grid.systems:
                 cells = [labels[system]]
