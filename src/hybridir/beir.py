@@ -19,8 +19,8 @@ Protocol (BEIR's, as in its `EvaluateRetrieval`):
   averaged over the test queries. Relevant documents missing from the corpus (5 in ArguAna) stay in
   the qrels, as in BEIR.
 
-Quick runs: `evaluate.beir_max_queries` / `evaluate.beir_max_docs` (optional params, default null =
-all) keep a seeded sample (data.seed) of the test queries and of the documents; every relevant document
+Quick runs: `evaluate.beir_max_queries` / `evaluate.beir_max_docs` (null = all, the default)
+keep a seeded sample (data.seed) of the test queries and of the documents; every relevant document
 of a kept query is kept, so a capped corpus makes the task easier and the numbers are not comparable
 with full runs (the output says `subsampled: true`).
 
@@ -192,7 +192,7 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
     t_start = time.perf_counter()
     log = log or (lambda msg: None)
     ev = params["evaluate"]
-    max_queries, max_docs = ev.get("beir_max_queries"), ev.get("beir_max_docs")
+    max_queries, max_docs = ev["beir_max_queries"], ev["beir_max_docs"]
     data = read_beir(beir_zip(raw_dir, name))
     full_sizes = (len(data.queries), len(data.corpus))
     data = subsample(data, max_queries=max_queries, max_docs=max_docs, seed=int(params["data"]["seed"]))
