@@ -5,9 +5,12 @@ makes the session-scoped smoke runs below shared by every module that asks for t
 smoke run costs minutes, so the suite makes two):
 - `dvc_smoke`: config/smoke.yaml as params.yaml, `dvc repro` in a git repository, `dvc push` to a
   local remote;
-- `snakemake_smoke`: the same params, `snakemake --cores 2` in a second copy;
+- `snakemake_smoke`: the same params, `snakemake --cores 2` in a second copy (also a git repository,
+  so its onsuccess hook records the run in dvc.lock);
 - `pulled_clone`: `git clone` of the DVC repository plus `dvc pull` from that remote.
 Tests that change a run's params.yaml restore it (`edited_params`), so fixtures stay shareable.
+Both runs set HYBRIDIR_TRACE: each stage command records the params keys it read and the hybridir
+modules it loaded (`trace_of`).
 """
 from __future__ import annotations
 
@@ -247,12 +250,26 @@ def run_differences(a: Path, b: Path) -> list[str]:
 # ---------------------------------------------------------------- shared smoke runs (plugin)
 
 
+def with_trace(env: dict[str, str], trace_dir: Path) -> dict[str, str]:
+    return {**env, "HYBRIDIR_TRACE": str(trace_dir)}
+
+
+def traces(trace_dir: Path) -> dict[str, dict[str, Any]]:
+    """Stage command (as in dvc.yaml) -> what it read and loaded, from a run with HYBRIDIR_TRACE."""
+    found = {}
+    for path in trace_dir.glob("*.json"):
+        record = json.loads(path.read_text())
+        found[" ".join(["hybridir", *record["argv"]])] = record
+    return found
+
+
 @dataclass(frozen=True)
 class DvcRun:
     repo: Path          # git repository where `dvc repro` ran (then committed and pushed)
     remote: Path
     env: dict[str, str]
     repro_output: str
+    trace: Path         # HYBRIDIR_TRACE of the run
 
 
 @pytest.fixture(scope="session")
@@ -272,7 +289,7 @@ def smoke_source(smoke_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def dvc_smoke(smoke_root: Path, smoke_source: Path) -> DvcRun:
     wd = make_workdir(smoke_root / "dvc", mirror_or_skip(), smoke_params(smoke_source), smoke_source)
-    repo, env = wd.path, wd.env
+    repo, env = wd.path, with_trace(wd.env, smoke_root / "trace-dvc")
     remote = smoke_root / "remote"
     remote.mkdir()
     git_init(repo, env)
@@ -281,14 +298,25 @@ def dvc_smoke(smoke_root: Path, smoke_source: Path) -> DvcRun:
     output = dvc(repo, env, "repro")
     git_commit(repo, env, "dvc repro (smoke)")   # dvc.lock and the metrics files git tracks
     dvc(repo, env, "push")
-    return DvcRun(repo, remote, env, output)
+    env.pop("HYBRIDIR_TRACE")
+    return DvcRun(repo, remote, env, output, smoke_root / "trace-dvc")
+
+
+@dataclass(frozen=True)
+class SnakemakeRun:
+    path: Path          # git repository (uncommitted outputs) where `snakemake --cores 2` ran
+    env: dict[str, str]
+    output: str
+    trace: Path
 
 
 @pytest.fixture(scope="session")
-def snakemake_smoke(smoke_root: Path, smoke_source: Path) -> Workdir:
+def snakemake_smoke(smoke_root: Path, smoke_source: Path) -> SnakemakeRun:
     wd = make_workdir(smoke_root / "snakemake", mirror_or_skip(), smoke_params(smoke_source), smoke_source)
-    snakemake(wd.path, wd.env)
-    return wd
+    git_init(wd.path, wd.env)
+    trace = smoke_root / "trace-snakemake"
+    output = snakemake(wd.path, with_trace(wd.env, trace)).stdout
+    return SnakemakeRun(wd.path, wd.env, output, trace)
 
 
 @pytest.fixture(scope="session")

@@ -115,15 +115,6 @@ def test_retrieve_ranks_by_cosine_and_excludes_the_query_itself() -> None:
     assert score_run(run, qrels)["ndcg10"] == pytest.approx(0.5)
 
 
-@pytest.fixture(autouse=True)
-def beir_subcommand(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`hybridir beir` through the real CLI, also before cli.STAGE_MODULES lists the module."""
-    from hybridir import cli
-
-    if "beir" not in cli.STAGE_MODULES:
-        monkeypatch.setattr(cli, "STAGE_MODULES", [*cli.STAGE_MODULES, "beir"])
-
-
 @pytest.fixture(scope="module")
 def stage(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("beir")

@@ -151,3 +151,26 @@ def test_snakemake_refuses_a_partial_configfile(workflow_copy: Workdir) -> None:
 def test_snakemake_lint_is_clean(workflow_copy: Workdir) -> None:
     proc = snakemake(workflow_copy.path, workflow_copy.env, "--lint", ok=None, cores=1)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_params_record_the_leaves_their_readers_look_at() -> None:
+    import json
+
+    params = load_params(REPO / "config" / "smoke.yaml")
+    assert params.reads == set() and params.source.endswith("smoke.yaml")
+    params["train"]["lr"]
+    params["data"].get("seed")
+    params["data"].get("no_such_key")
+    list(params["experiments"])            # key names only: not a read of the values
+    assert params.reads == {"train.lr", "data.seed"}
+    json.dumps(params["encoder"])          # serialising reads every leaf
+    assert {"encoder.name", "encoder.pooling", "encoder.max_length"} <= params.reads
+    params.reads.clear()
+    copied = dict(params["evaluate"])      # so does copying a section
+    assert {f"evaluate.{k}" for k in copied} == params.reads
+    params.reads.clear()
+    params["train"]["alpha"] = 0.3         # sections are shared, so edits stick
+    assert params["train"]["alpha"] == 0.3 and params.reads == {"train.alpha"}
+    params.reads.clear()
+    plain = params.plain()                 # for exact-dict consumers; reads nothing
+    assert type(plain["train"]) is dict and plain["train"]["alpha"] == 0.3 and params.reads == set()

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from hybridir.config import load_params
-from hybridir.pipeline import render_dvc_yaml, runs, stages
+from hybridir.pipeline import code_deps, render_dvc_yaml, runs, stages
 
 BIN = Path(sys.executable).parent
 
@@ -70,3 +70,39 @@ def test_sweep_points_equal_to_the_main_setting_reuse_the_main_run(repo: Path) -
                                              "hybrid-a0.25-s1", "xx_mono-s0", "xx_mono-s1"]
     names = [s.name for s in stages(params)]
     assert len(names) == len(set(names)), "a deduplicated run must give one set of stages"
+
+
+def _names(paths: tuple[str, ...]) -> set[str]:
+    return {p.removeprefix("src/hybridir/") for p in paths if p.startswith("src/hybridir/")}
+
+
+def test_code_deps_follow_every_kind_of_import(tmp_path: Path) -> None:
+    pkg = tmp_path / "hybridir"
+    (pkg / "sub").mkdir(parents=True)
+    files = {
+        "__init__.py": "", "cli.py": "import os\n",
+        "entry.py": "from . import plain as p\nfrom .sub.deep import f\n\ndef run():\n"
+                    "    from .lazy import g\n    import hybridir.absolute\n",
+        "plain.py": "from .atomic import x\n", "atomic.py": "", "lazy.py": "", "absolute.py": "",
+        "unused.py": "import entry\n", "sub/__init__.py": "", "sub/deep.py": "from ..data import y\n",
+        "data.py": "from importlib import resources\nT = resources.files('hybridir').joinpath('t.tsv')\n",
+        "t.tsv": "a\tb\n",
+    }
+    for rel, text in files.items():
+        (pkg / rel).write_text(text)
+    deps = code_deps("entry", pkg)
+    assert _names(deps) == {"__init__.py", "cli.py", "entry.py", "plain.py", "atomic.py", "lazy.py",
+                            "absolute.py", "sub/__init__.py", "sub/deep.py", "data.py", "t.tsv"}
+
+
+def test_stage_code_deps_include_what_was_missing_by_hand(repo: Path) -> None:
+    """The hand-written lists lacked these (issue 10); derived from the imports they cannot."""
+    table = {s.name: _names(s.deps) for s in stages(load_params(repo / "config" / "smoke.yaml"))}
+    assert {"batches.py", "modeling.py", "config.py", "atomic.py"} <= table["train_hybrid_s0"]
+    assert {"encode.py", "search.py", "metrics.py"} <= table["evaluate_hybrid_s0_xquad_r"]
+    assert {"pipeline.py", "metrics.py", "significance.py"} <= table["report"]
+    assert {"sources.py", "mmarco.py", "sources.tsv", "evaldata.py"} <= table["train_data"]
+    assert "modeling.py" not in table["batches_hybrid_s0"] and "train.py" not in table["encode_zeroshot_xquad_r"]
+    for name, deps in table.items():
+        assert {"cli.py", "__init__.py"} <= deps, name
+        assert "pipeline.py" not in deps or name == "report", f"{name}: the stage table is not its code"

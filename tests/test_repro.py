@@ -8,6 +8,7 @@ produce the same results.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -15,8 +16,9 @@ import pytest
 import yaml
 
 pytest.register_assert_rewrite("pipeline_helpers")  # before the import: it is also a plugin
-from pipeline_helpers import (TIMING_KEY, DvcRun, Workdir, downstream, dvc, dvc_changed, dvc_ran,
-                              edited_params, output_files, run_differences, sh, snakemake_plan)
+from pipeline_helpers import (BIN, TIMING_KEY, DvcRun, SnakemakeRun, Workdir, downstream, dvc, dvc_changed,
+                              dvc_ran, edited_params, output_files, run_differences, sh, snakemake_plan,
+                              traces)
 
 pytest_plugins = ["pipeline_helpers"]
 pytestmark = pytest.mark.slow
@@ -77,7 +79,7 @@ def test_snakemake_after_pull_and_touch_has_nothing_to_run(pulled_clone: Workdir
 # ---------------------------------------------------------------- 3. determinism
 
 
-def test_same_seed_same_results_from_dvc_and_snakemake(dvc_smoke: DvcRun, snakemake_smoke: Workdir) -> None:
+def test_same_seed_same_results_from_dvc_and_snakemake(dvc_smoke: DvcRun, snakemake_smoke: SnakemakeRun) -> None:
     a, b = dvc_smoke.repo, snakemake_smoke.path
     assert run_differences(a, b) == []   # every output file, bytes (JSON side files: minus timings)
     batches = sorted((a / "data" / "batches").glob("*.parquet"))
@@ -138,7 +140,7 @@ def test_dvc_alpha_reruns_only_the_hybrid_branch(dvc_repo: DvcRun) -> None:
     assert downstream(repo / "dvc.yaml", changed) == _hybrid_branch(repo)
 
 
-def test_snakemake_reruns_only_what_a_param_reaches(snakemake_smoke: Workdir) -> None:
+def test_snakemake_reruns_only_what_a_param_reaches(snakemake_smoke: SnakemakeRun) -> None:
     workdir, env = snakemake_smoke.path, snakemake_smoke.env
     assert snakemake_plan(workdir, env) == {}
     with edited_params(workdir, {"evaluate.top_k": 50}):
@@ -197,3 +199,89 @@ def test_dvc_exp_run_with_another_alpha_is_compared_by_exp_show(dvc_repo: DvcRun
     points = [p for entry in plots["training loss"] for p in entry["content"]["data"]["values"]]
     assert points and "step" in points[0], "the training-loss plot has no data points"
 
+
+
+# ---------------------------------------------------------------- 4. what each stage reads
+
+
+def _dvc_stages(workdir: Path) -> dict[str, dict]:
+    return yaml.safe_load((workdir / "dvc.yaml").read_text())["stages"]
+
+
+def _declared_params(entry: dict) -> set[str]:
+    keys = entry.get("params", [])
+    return {k for item in keys for k in ([item] if isinstance(item, str) else next(iter(item.values())))}
+
+
+@pytest.mark.parametrize("engine", ["dvc", "snakemake"])
+def test_stage_params_are_exactly_the_keys_its_code_reads(engine: str, dvc_smoke: DvcRun,
+                                                          snakemake_smoke: SnakemakeRun) -> None:
+    run = dvc_smoke.repo if engine == "dvc" else snakemake_smoke.path
+    seen = traces(dvc_smoke.trace if engine == "dvc" else snakemake_smoke.trace)
+    table = _dvc_stages(run)
+    for name, entry in table.items():
+        assert entry["cmd"] in seen, f"{name} left no trace"
+        assert set(seen[entry["cmd"]]["params"]) == _declared_params(entry), name
+
+
+def test_stage_processes_load_only_declared_code(snakemake_smoke: SnakemakeRun) -> None:
+    """Runtime check of the derived code deps: every hybridir module a stage's process loaded is a
+    declared dependency (the Snakemake run: under DVC the dvc.yaml check also loads the table)."""
+    seen = traces(snakemake_smoke.trace)
+    for name, entry in _dvc_stages(snakemake_smoke.path).items():
+        for module in seen[entry["cmd"]]["modules"]:
+            stem = "src/" + module.replace(".", "/")
+            assert f"{stem}.py" in entry["deps"] or f"{stem}/__init__.py" in entry["deps"], (name, module)
+
+
+def _importers(table: dict[str, dict], rel: str) -> set[str]:
+    return {name for name, entry in table.items() if rel in entry["deps"]}
+
+
+def test_editing_a_module_reruns_exactly_the_stages_that_import_it(dvc_repo: DvcRun) -> None:
+    """Every source file: DVC reports exactly its importers changed; Snakemake plans them and
+    what they feed (its dry run cannot tell a changed output from a re-created one)."""
+    repo, env = dvc_repo.repo, dvc_repo.env
+    table = _dvc_stages(repo)
+    assert snakemake_plan(repo, env) == {}, "after dvc repro Snakemake must find nothing to do"
+    sources = sorted(p for p in (repo / "src" / "hybridir").rglob("*")
+                     if p.is_file() and p.suffix in (".py", ".tsv") and "__pycache__" not in p.parts)
+    assert len(sources) > 15
+    for path in sources:
+        rel = path.relative_to(repo).as_posix()
+        importers = _importers(table, rel)
+        original, stat = path.read_bytes(), path.stat()
+        path.write_bytes(original + b"\n# edited by test_repro\n")
+        try:
+            assert set(dvc_changed(repo, env)) == importers, rel
+            plan = set(snakemake_plan(repo, env)) - {"all"}
+            assert plan == (downstream(repo / "dvc.yaml", importers) if importers else set()), rel
+        finally:
+            path.write_bytes(original)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert dvc_changed(repo, env) == {}
+
+
+# ---------------------------------------------------------------- 5. switching engines
+
+
+def test_after_snakemake_dvc_has_nothing_to_do(snakemake_smoke: SnakemakeRun) -> None:
+    workdir, env = snakemake_smoke.path, snakemake_smoke.env
+    assert "hybridir: recorded" in snakemake_smoke.output
+    assert dvc_changed(workdir, env) == {}
+    assert dvc_ran(dvc(workdir, env, "repro")) == []
+    assert snakemake_plan(workdir, env) == {}
+
+
+def test_after_dvc_repro_snakemake_has_nothing_to_do(dvc_smoke: DvcRun) -> None:
+    assert snakemake_plan(dvc_smoke.repo, dvc_smoke.env) == {}
+
+
+@pytest.mark.parametrize("setting", ["experiments.seeds=[0,1]", "experiments.strategies=[hybrid]",
+                                     "experiments.alpha_sweep=[0.25]"])
+def test_dvc_exp_run_on_a_new_run_list_stops_before_any_work(dvc_repo: DvcRun, setting: str) -> None:
+    repo, env = dvc_repo.repo, dvc_repo.env
+    before = {f: (repo / f).read_bytes() for f in output_files(repo)}
+    out = dvc(repo, env, "exp", "run", "-S", setting, ok=False)
+    assert "Nothing was run" in out and "hybridir dvc-yaml" in out, out[-2000:]
+    assert {f: (repo / f).read_bytes() for f in output_files(repo)} == before, "a stage wrote outputs"

@@ -48,7 +48,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path
-from .config import load_params
 
 STRATEGIES = ("xx_mono", "xy", "hybrid")
 BATCH_TYPES = ("xx_mono", "xy")
@@ -251,7 +250,7 @@ def keep_group_fraction(pairs: pd.DataFrame, fraction: float, split: str = "trai
     return rows[rows["group_id"].isin(set(keep))]
 
 
-def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float, batch_size: int, steps: int,
+def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float | None, batch_size: int, steps: int,
                   seed: int, split: str = "train", langs: list[str] | None = None,
                   extra_negatives: int = 0, group_fraction: float = 1.0,
                   log: Callable[[str], None] | None = None) -> pd.DataFrame:
@@ -261,7 +260,7 @@ def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float, batch_siz
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} unknown; allowed: {', '.join(STRATEGIES)}")
-    if not 0.0 <= alpha <= 1.0:
+    if strategy == "hybrid" and not (alpha is not None and 0.0 <= alpha <= 1.0):
         raise ValueError(f"train.alpha = {alpha} must be in [0, 1]")
     if batch_size < 2 or steps < 1:
         raise ValueError(f"train.batch_size = {batch_size} must be >= 2 and train.steps = {steps} >= 1")
@@ -377,9 +376,10 @@ def summarize(table: pd.DataFrame) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
+    params = args.params
     tp = params["train"]
-    alpha = float(tp["alpha"]) if args.alpha is None else args.alpha
+    # train.alpha shapes hybrid batches only: the pure strategies neither read nor record it.
+    alpha = args.alpha if args.alpha is not None else float(tp["alpha"]) if args.strategy == "hybrid" else None
     pairs = read_pairs(args.pairs)
     langs = params["data"].get("train_langs")
     table = build_batches(pairs, strategy=args.strategy, alpha=alpha, batch_size=int(tp["batch_size"]),

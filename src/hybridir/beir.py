@@ -42,7 +42,6 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .config import load_params
 from .search import make_pool, normalise, score_blocks, top_k
 from .sources import find, load_registry, local_path
 
@@ -236,7 +235,7 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
 
 
 def _run(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
+    params = args.params
     run_beir(params, args.raw, args.model, args.dataset, args.out, progress=not args.quiet,
              log=lambda msg: print(msg, file=sys.stderr))
     return 0

@@ -1,31 +1,37 @@
 """`hybridir` command line: one subcommand per pipeline stage.
 
 Each stage module exposes `register(subparsers)`, which adds its subcommand and sets `func`.
+Only the module of the command being run is imported, so a stage's process loads exactly the
+code its stage depends on (pipeline.code_deps derives that set from the imports).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
+import json
 import os
 import sys
+from pathlib import Path
 
-STAGE_MODULES = [
-    "fetch", "evaldata", "traindata", "encoder_import", "encode", "evaluate",
-    "batches", "train", "beir", "report", "pipeline",
-]
+# subcommand -> module of hybridir that registers it (and holds the stage's code)
+COMMANDS = {
+    "fetch": "fetch", "eval-data": "evaldata", "train-data": "traindata",
+    "import-encoder": "encoder_import", "batches": "batches", "train": "train", "encode": "encode",
+    "evaluate": "evaluate", "beir": "beir", "report": "report", "dvc-yaml": "pipeline",
+}
+# Set to a directory to record, per command, the params keys it read and the hybridir modules it
+# loaded (the tests compare them with the stage table).
+TRACE_ENV = "HYBRIDIR_TRACE"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand, or with `command`'s alone (no other stage module loaded)."""
     parser = argparse.ArgumentParser(prog="hybridir", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in STAGE_MODULES:
-        try:
-            module = importlib.import_module(f"hybridir.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"hybridir.{name}":
-                continue  # stage not built yet
-            raise
-        module.register(sub)
+    for name, module in COMMANDS.items():
+        if command in (None, name):
+            importlib.import_module(f"hybridir.{module}").register(sub)
     return parser
 
 
@@ -33,12 +39,52 @@ def main(argv: list[str] | None = None) -> int:
     # The default run is offline; users with hub access can override.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        if isinstance(getattr(args, "params", None), str):
+            from .config import load_params
+
+            args.params = load_params(args.params)
+            if os.environ.get("DVC_STAGE") and args.command != "dvc-yaml":
+                _check_dvc_yaml(args.params)
+        code = int(args.func(args) or 0)
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
         print(f"hybridir {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    if os.environ.get(TRACE_ENV):
+        _write_trace(Path(os.environ[TRACE_ENV]), argv, getattr(args, "params", None))
+    return code
+
+
+def _check_dvc_yaml(params) -> None:
+    """Under `dvc repro` / `dvc exp run`: refuse to run from a dvc.yaml generated for other settings.
+
+    dvc.yaml lists one stage per run of experiments.*; DVC cannot add stages when those lists change
+    (e.g. `dvc exp run -S experiments.seeds=[0,1]`), so the first stage it runs stops, before any work.
+    """
+    from .config import ConfigError
+
+    # Loaded like a subcommand, not imported: this check refuses or allows a run but never changes an
+    # output, so the stage table's module is not a code dependency of every stage (pipeline.code_deps).
+    render_dvc_yaml = importlib.import_module(f"hybridir.{COMMANDS['dvc-yaml']}").render_dvc_yaml
+    dvc_yaml = Path(os.environ.get("DVC_ROOT", ".")) / "dvc.yaml"
+    if dvc_yaml.is_file() and dvc_yaml.read_text(encoding="utf-8") != render_dvc_yaml(params.plain(), params.source):
+        raise ConfigError(
+            f"{dvc_yaml} was generated for other settings than {params.source} (the runs listed under "
+            f"experiments.* or the datasets changed), so DVC would run an incomplete grid. Nothing was "
+            f"run. Set the values in {params.source}, run `hybridir dvc-yaml --params {params.source}`, "
+            "commit, then `dvc exp run` / `dvc repro` (or run the grid with `snakemake`, which follows "
+            "the params itself).")
+
+
+def _write_trace(trace_dir: Path, argv: list[str], params) -> None:
+    record = {"argv": argv, "params": sorted(params.reads) if params is not None else [],
+              "modules": sorted(m for m in sys.modules if m == "hybridir" or m.startswith("hybridir."))}
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
+    (trace_dir / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

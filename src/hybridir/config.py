@@ -19,6 +19,45 @@ class ConfigError(ValueError):
     pass
 
 
+class Params(dict):
+    """A params mapping that records which leaf keys (dotted) its readers look at.
+
+    Stages declare the params they depend on; the recorded reads let tests (and `HYBRIDIR_TRACE`)
+    check that the declaration is exactly what the code reads. Nested sections are Params too and
+    share one record. Iteration yields key names without counting them as reads; items(), values()
+    and whole-mapping copies read (and record) every leaf.
+    """
+
+    def __init__(self, data: dict[str, Any], source: str = "", prefix: str = "",
+                 reads: set[str] | None = None):
+        self.source, self._prefix = source, prefix
+        self.reads: set[str] = set() if reads is None else reads
+        super().__init__({k: Params(v, source, f"{prefix}{k}.", self.reads) if isinstance(v, dict) else v
+                          for k, v in data.items()})
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        if not isinstance(value, Params):
+            self.reads.add(f"{self._prefix}{key}")
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def __iter__(self):  # a Python-level __iter__ also sends dict(p) and {**p} through __getitem__
+        return iter(list(super().keys()))
+
+    def items(self):  # type: ignore[override]
+        return [(k, self[k]) for k in super().keys()]
+
+    def values(self):  # type: ignore[override]
+        return [self[k] for k in super().keys()]
+
+    def plain(self) -> dict[str, Any]:
+        """A plain dict copy, without recording reads (for serialisers that need exact dicts)."""
+        return {k: v.plain() if isinstance(v, Params) else v for k, v in dict.items(self)}
+
+
 def schema() -> dict[str, Any]:
     props = {
         name: json.loads(resources.files("hybridir").joinpath(f"schema/{name}.json").read_text())
@@ -42,7 +81,7 @@ def validate(params: dict[str, Any], source: str = "params.yaml") -> dict[str, A
     return params
 
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"parameter file {path} not found (run from the repository root, or pass --params)")
@@ -52,4 +91,4 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(params, dict):
         raise ConfigError(f"{path} must be a mapping of sections {SECTIONS}")
-    return validate(params, str(path))
+    return Params(validate(params, str(path)), str(path))

@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .config import load_params
 
 MODEL_SETTINGS_FILE = "hybridir.json"   # written beside the weights by import-encoder / train
 SETTING_KEYS = ("query_prefix", "passage_prefix", "pooling")
@@ -160,7 +159,7 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
 
 
 def _run(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
+    params = args.params
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"model directory {args.model} not found; run `hybridir import-encoder` "
                                 "(or train) first")

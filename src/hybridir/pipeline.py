@@ -1,29 +1,34 @@
 """The pipeline's stage table: the one definition both Snakemake and DVC are built from.
 
-The Snakefile turns each Stage into a rule (workflow/rules/<group>.smk); `hybridir dvc-yaml`
+The Snakefile turns each Stage into a rule (workflow/rules/stages.smk); `hybridir dvc-yaml`
 writes the same stages as dvc.yaml. A test checks the committed dvc.yaml is what this table
 generates, so the two DAGs cannot drift.
+
+What a stage reads is derived or checked, never hoped for: its code dependencies are the source
+files its module imports (`code_deps`, from the import statements); its params are declared here
+and the tests compare them with the keys the stage's code actually reads (config.Params records them).
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import load_params
+from .cli import COMMANDS
 
-GROUPS = ("data", "encoder", "train", "evaluate", "report")
 EXECUTABLE = "hybridir"
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str                      # DVC stage name = Snakemake rule name (an identifier)
-    group: str                     # which workflow/rules/<group>.smk defines the rule
+    group: str                     # data | encoder | train | evaluate | report (the rule's threads)
     cmd: str
     deps: tuple[str, ...]
     outs: tuple[str, ...]          # paths ending in "/" are directories
@@ -36,8 +41,77 @@ class Stage:
         return self.outs + self.metrics + self.plots
 
 
-def _code(module: str) -> str:
-    return f"src/hybridir/{module}.py"
+SRC = "src/hybridir"   # the package's path in the repository, as stage deps name it
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Every stage runs through the `hybridir` entry point (cli.py, and the package's __init__.py).
+ENTRY = ("__init__.py", "cli.py")
+
+
+def _module_file(dotted: str, package_dir: Path) -> str | None:
+    """'a.b' -> 'a/b.py' or 'a/b/__init__.py' relative to the package, if it is a hybridir module."""
+    for rel in (dotted.replace(".", "/") + ".py", dotted.replace(".", "/") + "/__init__.py"):
+        if (package_dir / rel).is_file():
+            return rel
+    return None
+
+
+def _imports(rel: str, package_dir: Path) -> set[str]:
+    """Package files that module file `rel` imports anywhere (top level or inside functions), and the
+    package data files it opens by a literal name (`...joinpath("sources.tsv")`)."""
+    tree = ast.parse((package_dir / rel).read_text(encoding="utf-8"), rel)
+    package = rel.removesuffix(".py").split("/")[:-1]   # "a/b.py" and "a/__init__.py" are in package a
+    found: set[str] = set()
+
+    def add(dotted: str) -> None:
+        parts = dotted.split(".")
+        for i in range(1, len(parts) + 1):   # importing a.b runs a/__init__.py first
+            if (hit := _module_file(".".join(parts[:i]), package_dir)) is not None:
+                found.add(hit)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - node.level + 1]
+            elif node.module and node.module.split(".")[0] == "hybridir":
+                base, node_module = [], node.module.split(".", 1)[1:]
+                node = ast.ImportFrom(".".join(node_module) or None, node.names, 1)
+            else:
+                continue
+            stem = base + (node.module.split(".") if node.module else [])
+            if stem:
+                add(".".join(stem))
+            for alias in node.names:   # `from . import plots`: names may be modules
+                if _module_file(".".join(stem + [alias.name]), package_dir):
+                    add(".".join(stem + [alias.name]))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("hybridir."):
+                    add(alias.name.split(".", 1)[1])
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr == "joinpath" and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str) and (package_dir / node.args[0].value).is_file()):
+            found.add(node.args[0].value)
+    found.discard(rel)
+    return found
+
+
+def code_deps(module: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, ...]:
+    """The source files a stage whose code is `module` runs: the entry point and every package file
+    `module` imports, transitively (lazy imports included), as repository paths.
+
+    The params schema files are not included: validation only accepts or rejects a params file,
+    it never changes a value a stage sees.
+    """
+    todo = [_module_file(module, package_dir) or f"{module}.py", *ENTRY]
+    seen: set[str] = set()
+    while todo:
+        rel = todo.pop()
+        if rel in seen:
+            continue
+        seen.add(rel)
+        if rel.endswith(".py"):
+            todo.extend(_imports(rel, package_dir) - seen)
+    return tuple(f"{SRC}/{rel}" for rel in sorted(seen))
 
 
 def _num(x: float) -> str:
@@ -97,24 +171,28 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
     base = f"models/base/{enc}/"
     pairs = "data/train/"
     p = f"--params {params_file}"
+    source = params["encoder"]["source"]
+    import_params = ("encoder.source", "encoder.query_prefix", "encoder.passage_prefix", "encoder.pooling") + (
+        ("encoder.hub_id", "encoder.revision") if source == "hub" else ())
     out: list[Stage] = [
         Stage("fetch", "data", f"{EXECUTABLE} fetch --out data/raw",
-              deps=("src/hybridir/sources.tsv", _code("fetch")), outs=("data/raw/",)),
+              deps=(), outs=("data/raw/",)),
         Stage("eval_data", "data", f"{EXECUTABLE} eval-data {p} --raw data/raw --out data/eval",
-              deps=("data/raw/", _code("evaldata")), outs=("data/eval/",),
+              deps=("data/raw/",), outs=("data/eval/",),
               params=("data.eval_datasets", "data.eval_langs", "data.eval_max_queries_per_lang",
                       "data.eval_pool", "data.seed")),
         Stage("train_data", "data", f"{EXECUTABLE} train-data {p} --raw data/raw --out data/train",
-              deps=("data/raw/", _code("traindata"), _code("evaldata")), outs=(pairs,),
+              deps=("data/raw/",), outs=(pairs,),
               params=("data.train_sources", "data.train_langs", "data.valid_fraction",
                       "data.max_groups_per_source", "data.context_sentences", "data.context_sides",
                       "data.seed")),
         Stage("import_encoder", "encoder", f"{EXECUTABLE} import-encoder {p} --out {base}",
-              deps=(_code("encoder_import"), _code("spm_normalizer")), outs=(base,), params=("encoder",)),
+              deps=(), outs=(base,), params=import_params),
     ]
     models = {"zeroshot": base}
-    train_params = tuple(f"train.{k}" for k in params["train"]
-                         if k not in ("alpha", "batch_size", "steps", "extra_negatives"))
+    # train reads every train.* setting except alpha (batch_size, steps and extra_negatives to check
+    # that the batch table is current) and data.train_langs (for the validation batches).
+    train_params = tuple(f"train.{k}" for k in params["train"] if k != "alpha") + ("data.train_langs",)
     for run in runs(params):
         batches = f"data/batches/{run.tag}.parquet"
         model_dir = f"models/trained/{enc}/{run.tag}/"
@@ -126,14 +204,14 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
             _ident("batches", run.tag), "train",
             f"{EXECUTABLE} batches {p} --pairs {pairs}pairs.parquet --strategy {run.strategy} "
             f"--seed {run.seed}{options} --out {batches}",
-            deps=(pairs, _code("batches")), outs=(batches,),
+            deps=(pairs,), outs=(batches,),
             params=("train.batch_size", "train.steps", "train.extra_negatives", "data.train_langs")
             + (("train.alpha",) if tracks_alpha else ())))
         out.append(Stage(
             _ident("train", run.tag), "train",
             f"{EXECUTABLE} train {p} --base {base} --pairs {pairs}pairs.parquet "
             f"--batches {batches} --out {model_dir}",
-            deps=(base, pairs, batches, _code("train"), _code("modeling")), outs=(model_dir,),
+            deps=(base, pairs, batches), outs=(model_dir,),
             params=train_params))
     report_deps = []
     for tag, model_dir in models.items():
@@ -143,7 +221,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 _ident("encode", tag, ds), "evaluate",
                 f"{EXECUTABLE} encode {p} --model {model_dir} --eval-data data/eval/{ds} "
                 f"--out {res}embeddings",
-                deps=(model_dir, "data/eval/", _code("encode"), _code("modeling")),
+                deps=(model_dir, "data/eval/"),
                 outs=(f"{res}embeddings/",),
                 params=("encoder.query_prefix", "encoder.passage_prefix", "encoder.pooling",
                         "encoder.max_length", "evaluate.batch_size", "evaluate.precision")))
@@ -153,8 +231,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 _ident("evaluate", tag, ds), "evaluate",
                 f"{EXECUTABLE} evaluate {p} --embeddings {res}embeddings --eval-data data/eval/{ds} "
                 f"--out {res}eval --metrics {metrics}",
-                deps=(f"{res}embeddings/", "data/eval/", _code("evaluate"), _code("search"),
-                      _code("metrics"), _code("plots")),
+                deps=(f"{res}embeddings/", "data/eval/"),
                 outs=(f"{res}eval/",), metrics=(metrics,), params=("evaluate.top_k", "evaluate.top_k_cells")))
         if "-a" in tag or "-f" in tag:
             continue  # domain checks for the main grid only
@@ -164,14 +241,26 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
             out.append(Stage(
                 _ident("beir", tag, ds), "evaluate",
                 f"{EXECUTABLE} beir {p} --raw data/raw --model {model_dir} --dataset {ds} --out {result}",
-                deps=("data/raw/", model_dir, _code("beir"), _code("modeling")), metrics=(result,),
+                deps=("data/raw/", model_dir), metrics=(result,),
                 outs=(), params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision",
                                  "evaluate.beir_max_queries", "evaluate.beir_max_docs", "data.seed")))
     out.append(Stage(
         "report", "report", f"{EXECUTABLE} report {p} --results results/{enc} --out reports",
-        deps=tuple(report_deps) + (_code("report"), _code("significance")), outs=("reports/",),
+        deps=tuple(report_deps), outs=("reports/",),
         params=("experiments", "data.train_langs")))
-    return out
+    return with_code_deps(out)
+
+
+def with_code_deps(stage_list: list[Stage]) -> list[Stage]:
+    """Each stage with the source files of its subcommand's module added to its deps."""
+    by_module: dict[str, tuple[str, ...]] = {}
+    done = []
+    for st in stage_list:
+        module = COMMANDS[st.cmd.split()[1]]
+        if module not in by_module:
+            by_module[module] = code_deps(module)
+        done.append(replace(st, deps=st.deps + by_module[module]))
+    return done
 
 
 def lookup(params: dict[str, Any], dotted: str) -> Any:
@@ -225,8 +314,29 @@ def render_dvc_yaml(params: dict[str, Any], params_file: str = "params.yaml") ->
     return HEADER + text
 
 
+def record_dvc_lock(stage_list: list[Stage], params: dict[str, Any], params_file: str,
+                    root: Path = Path(".")) -> str:
+    """After a Snakemake run: record its outputs in dvc.lock (`dvc commit`), so that `dvc status` and
+    `dvc repro` find nothing to do. Only stages whose outputs all exist are recorded; nothing happens
+    outside a DVC repository or when dvc.yaml was generated for other params. Returns what it did."""
+    if not (root / ".dvc").is_dir():
+        return "not a DVC repository: dvc.lock not written"
+    dvc_yaml = root / "dvc.yaml"
+    if not dvc_yaml.is_file() or dvc_yaml.read_text(encoding="utf-8") != render_dvc_yaml(params, params_file):
+        return (f"dvc.yaml does not match {params_file}: run `hybridir dvc-yaml --params {params_file}` "
+                "and `dvc commit` to record this run for DVC")
+    done = [st.name for st in stage_list if all((root / o.rstrip("/")).exists() for o in st.all_outs)]
+    if not done:
+        return "no complete stage to record"
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "commit", "--force", "--quiet", *done],
+                          cwd=root, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"`dvc commit` failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return f"recorded {len(done)} stages in dvc.lock"
+
+
 def _run(args: argparse.Namespace) -> int:
-    text = render_dvc_yaml(load_params(args.params), args.params)
+    text = render_dvc_yaml(args.params.plain(), args.params.source)
     target = Path(args.out)
     if args.check:
         if not target.is_file() or target.read_text() != text:

@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_outputs
-from .config import load_params
 from .pipeline import Run, make_run
 
 DATASET_LABELS = {"xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R"}
@@ -856,10 +855,10 @@ def how_produced(inp: ReportInputs, grid: Grid, datasets: Sequence[str], section
 
 
 def _run(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
+    params = args.params
     results = Path(args.results)
     models = Path(args.models) if args.models else Path("models/trained") / params["encoder"]["name"]
-    inp = ReportInputs(params=params, results=results, params_file=args.params, models_dir=models,
+    inp = ReportInputs(params=params, results=results, params_file=params.source, models_dir=models,
                        bench_dir=Path(args.benchmarks) if args.benchmarks else None,
                        n_permutations=args.permutations)
     summary = build_report(inp, args.out, log=lambda msg: print(msg, file=sys.stderr))

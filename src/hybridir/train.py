@@ -52,7 +52,6 @@ import torch.nn.functional as F
 
 from .atomic import atomic_path
 from .batches import build_batches, pairs_fingerprint, read_batches, read_pairs
-from .config import load_params
 
 SPEC_FILE = "hybridir.json"
 VALID_SEED = 20240820          # fixed: every run is selected on the same validation batches
@@ -485,7 +484,7 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
 
 
 def _run(args: argparse.Namespace) -> int:
-    run_training(params=load_params(args.params), base=args.base, pairs_path=args.pairs,
+    run_training(params=args.params, base=args.base, pairs_path=args.pairs,
                  batches_path=args.batches, out=args.out, seed=args.seed, progress=not args.no_progress)
     return 0
 

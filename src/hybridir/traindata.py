@@ -45,7 +45,6 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .config import load_params
 from .evaldata import DATASETS, raw_file, read_squad_json
 from .sources import Source, find, load_registry, local_path
 
@@ -447,7 +446,7 @@ def build_all(raw_dir: str | Path, out_dir: str | Path,
 
 
 def _run(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
+    params = args.params
     t0 = time.perf_counter()
     pairs, report = build_all(args.raw, args.out, params["data"])
     table = count_table(pairs).pivot_table(index=["source", "split"], columns="lang", values="n",
