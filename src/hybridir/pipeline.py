@@ -40,7 +40,8 @@ def _code(module: str) -> str:
     return f"src/hybridir/{module}.py"
 
 
-def _num(x: float) -> str:
+def num(x: float) -> str:
+    """A number as tags, commands and the report write it (0.25, 1)."""
     return f"{x:g}"
 
 
@@ -54,12 +55,13 @@ class Run:
 
     @property
     def tag(self) -> str:
-        sweep = (f"-a{_num(self.alpha)}" if self.alpha is not None else "") + \
-                (f"-f{_num(self.fraction)}" if self.fraction is not None else "")
+        sweep = (f"-a{num(self.alpha)}" if self.alpha is not None else "") + \
+                (f"-f{num(self.fraction)}" if self.fraction is not None else "")
         return f"{self.strategy}{sweep}-s{self.seed}"
 
 
-def _ident(*parts: str) -> str:
+def ident(*parts: str) -> str:
+    """A stage name from its parts ('-' and '.' become '_': stage and rule names are identifiers)."""
     return "_".join(p.replace("-", "_").replace(".", "_") for p in parts)
 
 
@@ -119,18 +121,18 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
         batches = f"data/batches/{run.tag}.parquet"
         model_dir = f"models/trained/{enc}/{run.tag}/"
         models[run.tag] = model_dir
-        options = (f" --alpha {_num(run.alpha)}" if run.alpha is not None else "") + \
-                  (f" --group-fraction {_num(run.fraction)}" if run.fraction is not None else "")
+        options = (f" --alpha {num(run.alpha)}" if run.alpha is not None else "") + \
+                  (f" --group-fraction {num(run.fraction)}" if run.fraction is not None else "")
         tracks_alpha = run.strategy == "hybrid" and run.alpha is None
         out.append(Stage(
-            _ident("batches", run.tag), "train",
+            ident("batches", run.tag), "train",
             f"{EXECUTABLE} batches {p} --pairs {pairs}pairs.parquet --strategy {run.strategy} "
             f"--seed {run.seed}{options} --out {batches}",
             deps=(pairs, _code("batches")), outs=(batches,),
             params=("train.batch_size", "train.steps", "train.extra_negatives", "data.train_langs")
             + (("train.alpha",) if tracks_alpha else ())))
         out.append(Stage(
-            _ident("train", run.tag), "train",
+            ident("train", run.tag), "train",
             f"{EXECUTABLE} train {p} --base {base} --pairs {pairs}pairs.parquet "
             f"--batches {batches} --out {model_dir}",
             deps=(base, pairs, batches, _code("train"), _code("modeling")), outs=(model_dir,),
@@ -140,7 +142,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
         for ds in params["data"]["eval_datasets"]:
             res = f"results/{enc}/{tag}/{ds}/"
             out.append(Stage(
-                _ident("encode", tag, ds), "evaluate",
+                ident("encode", tag, ds), "evaluate",
                 f"{EXECUTABLE} encode {p} --model {model_dir} --eval-data data/eval/{ds} "
                 f"--out {res}embeddings",
                 deps=(model_dir, "data/eval/", _code("encode"), _code("modeling")),
@@ -150,7 +152,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
             metrics = f"{res}metrics.json"
             report_deps += [metrics, f"{res}eval/"]
             out.append(Stage(
-                _ident("evaluate", tag, ds), "evaluate",
+                ident("evaluate", tag, ds), "evaluate",
                 f"{EXECUTABLE} evaluate {p} --embeddings {res}embeddings --eval-data data/eval/{ds} "
                 f"--out {res}eval --metrics {metrics}",
                 deps=(f"{res}embeddings/", "data/eval/", _code("evaluate"), _code("search"),
@@ -162,7 +164,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
             result = f"results/{enc}/{tag}/beir/{ds}.json"
             report_deps.append(result)
             out.append(Stage(
-                _ident("beir", tag, ds), "evaluate",
+                ident("beir", tag, ds), "evaluate",
                 f"{EXECUTABLE} beir {p} --raw data/raw --model {model_dir} --dataset {ds} --out {result}",
                 deps=("data/raw/", model_dir, _code("beir"), _code("modeling")), metrics=(result,),
                 outs=(), params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision",
