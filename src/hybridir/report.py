@@ -4,8 +4,9 @@ Reads (results/<encoder.name> = --results):
   <tag>/<dataset>/metrics.json            every configured tag and dataset (headline and per language)
   <tag>/<dataset>/eval/per_query.parquet  the main grid (significance tests, mAP matrices)
   <tag>/beir/<name>.json                  the main grid, when experiments.beir is non-empty
-and, when present, models/trained/<encoder>/<tag>/train_summary.json, benchmarks/*.tsv (Snakemake),
-<tag>/<dataset>/embeddings/meta.json and eval/info.json for the "how produced" section.
+and, for timings.md only and when present, models/trained/<encoder>/<tag>/train_summary.json (--models),
+<tag>/<dataset>/embeddings/meta.json and eval/info.json. Each is inside a dependency the stage table
+declares for the report stage (a test checks every file opened).
 
 Tags are the stage table's (hybridir.pipeline.Run.tag): zeroshot (the base encoder),
 <strategy>-s<seed> (main grid: experiments.strategies x seeds; hybrid at train.alpha),
@@ -14,9 +15,10 @@ hybrid-a<alpha>-s<seed> (experiments.alpha_sweep) and <strategy>-f<fraction>-s<s
 setting reads that run (pipeline.make_run): alpha = train.alpha is hybrid-s<seed>, alpha 1 is
 xx_mono-s<seed> and alpha 0 is xy-s<seed> (the same batches), fraction 1 the full-data run.
 
-Writes (--out, all together or nothing): report.md, figures/, summary.json (DVC metrics),
-headline.csv, and alpha_sweep.csv / data_size.csv / beir.csv when those experiments are configured
-(DVC plots).
+Writes (--out, all together or nothing): report.md (byte-identical for runs of the same inputs),
+figures/, summary.json (DVC metrics, with the provenance: declared params and input hashes),
+headline.csv, alpha_sweep.csv / data_size.csv / beir.csv when those experiments are configured
+(DVC plots), and timings.md (wall times and devices: an uncached output).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import pandas as pd
 
 from .atomic import atomic_outputs
 from .config import load_params
-from .pipeline import Run, ident, make_run, num
+from .pipeline import Run, Stage, ident, make_run, num, param_values, stages
 
 DATASET_LABELS = {"xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R"}
 BEIR_LABELS = {"nfcorpus": "NFCorpus", "arguana": "ArguAna"}
@@ -440,59 +442,6 @@ def data_size_figure(table: pd.DataFrame, zeroshot: pd.DataFrame, datasets: Sequ
     return _save(fig, path)
 
 
-# ---------------------------------------------------------------- "how produced"
-
-
-def params_digest(params: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def train_times(models_dir: Path | None, tags: Sequence[str]) -> pd.DataFrame:
-    rows = []
-    for tag in tags:
-        path = models_dir / tag / "train_summary.json" if models_dir else None
-        if path is None or not path.is_file():
-            continue
-        s = _read_json(path)
-        rows.append({"run": tag, "seconds": s.get("seconds"), "steps": s.get("steps"),
-                     "best_step": s.get("best_step"), "steps_per_s": s.get("steps_per_s"),
-                     "device": s.get("device"), "returned_base_model": s.get("returned_base_model")})
-    return pd.DataFrame(rows)
-
-
-STAGE_KINDS = ("eval_data", "train_data", "import_encoder", "fetch", "batches", "train", "encode",
-               "evaluate", "beir", "report")
-
-
-def benchmark_times(bench_dir: Path | None) -> pd.DataFrame:
-    """Snakemake benchmark files (benchmarks/<stage>.tsv), summed per kind of stage."""
-    if bench_dir is None or not bench_dir.is_dir():
-        return pd.DataFrame()
-    rows = []
-    for path in sorted(bench_dir.glob("*.tsv")):
-        try:
-            table = pd.read_csv(path, sep="\t", na_values=["NA", "-"])
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-            continue
-        if "s" not in table.columns or table.empty:
-            continue
-        kind = next((k for k in STAGE_KINDS if path.stem == k or path.stem.startswith(k + "_")), path.stem)
-        rows.append({"kind": kind, "stage": path.stem, "s": float(table["s"].mean()),
-                     "max_rss_mb": float(table["max_rss"].max()) if "max_rss" in table else math.nan})
-    if not rows:
-        return pd.DataFrame()
-    frame = pd.DataFrame(rows)
-    return (frame.groupby("kind", sort=False)
-            .agg(stages=("stage", "size"), wall_s=("s", "sum"), max_rss_mb=("max_rss_mb", "max"))
-            .reset_index())
-
-
-def stage_commands(params: dict[str, Any], params_file: str) -> list[str]:
-    from .pipeline import stages
-
-    return [f"{st.name}: {st.cmd}" for st in stages(params, params_file)]
-
-
 # ---------------------------------------------------------------- the report
 
 
@@ -526,7 +475,6 @@ class ReportInputs:
     results: Path
     params_file: str = "params.yaml"
     models_dir: Path | None = None     # models/trained/<encoder> (train_summary.json), optional
-    bench_dir: Path | None = None      # Snakemake benchmarks/, optional
     n_permutations: int = 10_000
 
 
@@ -810,11 +758,11 @@ def numbered(sections: Sequence[list[str]]) -> list[str]:
     return md
 
 
-def summary_json(t: Tables) -> dict[str, Any]:
-    """summary.json (DVC metrics): seed means per system, the tests, and the configured sweeps."""
+def summary_json(t: Tables, prov: dict[str, Any]) -> dict[str, Any]:
+    """summary.json (DVC metrics): seed means per system, the tests, the configured sweeps, provenance."""
     head, sig, datasets = t.head, t.sig, t.datasets
     summary: dict[str, Any] = {
-        "encoder": t.params["encoder"]["name"], "params_sha256": params_digest(t.params),
+        "encoder": t.params["encoder"]["name"], "provenance": prov,
         "headline": {ds: {r["strategy"]: _metric_dict(r, HEADLINE + SECONDARY)
                           for _, r in head[head["dataset"] == ds].iterrows()} for ds in datasets},
         "significance": {ds: {f"{a}_vs_{b}": {m: {"diff": g[g["metric"] == m]["diff"].iloc[0],
@@ -851,18 +799,20 @@ def build_report(inp: ReportInputs, out_dir: str | Path,
     (together, atomically); returns summary.json's content."""
     log = log or (lambda msg: None)
     t = build_tables(inp, log)
+    prov = provenance(inp, t.grid)
     out_dir = Path(out_dir)
     csvs = csv_tables(t)
-    names = ["report.md", "summary.json", "figures", *csvs]
+    names = ["report.md", "summary.json", "figures", *csvs, "timings.md"]
     with atomic_outputs(*(out_dir / n for n in names)) as tmps:
         tmp = dict(zip(names, tmps))
         figures = tmp["figures"]
         figures.mkdir()
         md = title_md(t) + numbered([
             table1_md(t), table2_md(t), significance_md(t), per_language_md(t), heatmaps_md(t, figures),
-            alpha_md(t, figures), data_size_md(t, figures), beir_md(t), how_produced(inp, t.grid, t.datasets)])
-        summary = summary_json(t)
+            alpha_md(t, figures), data_size_md(t, figures), beir_md(t), provenance_md(inp, prov)])
+        summary = summary_json(t, prov)
         tmp["report.md"].write_text("\n".join(md) + "\n", encoding="utf-8")
+        tmp["timings.md"].write_text("\n".join(timings_md(inp, t.grid, t.datasets)) + "\n", encoding="utf-8")
         tmp["summary.json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         for name, table in csvs.items():
             table.to_csv(tmp[name], index=False)
@@ -870,62 +820,111 @@ def build_report(inp: ReportInputs, out_dir: str | Path,
     return summary
 
 
-def how_produced(inp: ReportInputs, grid: Grid, datasets: Sequence[str]) -> list[str]:
-    params = inp.params
-    md = ["## How this report was produced", "",
-          f"Parameters: `{inp.params_file}` (sha256 of its parsed content `{params_digest(params)[:16]}`).", ""]
-    enc, tr = params["encoder"], params["train"]
-    md += md_table(["section", "values"], [
-        ["encoder", ", ".join(f"{k} = `{v}`" for k, v in enc.items())],
-        ["train", ", ".join(f"{k} = `{v}`" for k, v in tr.items())],
-        ["data", ", ".join(f"{k} = `{v}`" for k, v in params["data"].items())],
-        ["evaluate", ", ".join(f"{k} = `{v}`" for k, v in params["evaluate"].items())],
-        ["experiments", ", ".join(f"{k} = `{v}`" for k, v in params["experiments"].items())],
-    ], align="ll") + [""]
+# ---------------------------------------------------------------- provenance and timings (declared inputs only)
 
-    times = train_times(inp.models_dir, [t for t in grid.all_tags() if t != "zeroshot"])
-    if len(times):
-        md += ["**Training runs** (train_summary.json):", ""]
-        rows = [[r["run"], fmt(_value(r["seconds"]), None, 0), str(r["steps"]),
-                 f"{r['best_step']}" + (" (base model)" if r["returned_base_model"] else ""),
-                 fmt(_value(r["steps_per_s"]), None, 2), str(r["device"])] for _, r in times.iterrows()]
-        md += md_table(["run", "wall s", "steps", "selected step", "steps/s", "device"], rows, align="lrrrrl")
-        md += [""]
-    enc_rows = []
-    for ds in datasets:
-        for system, tags in grid.systems.items():
-            metas = [inp.results / t / ds / "embeddings" / "meta.json" for t in tags]
-            infos = [inp.results / t / ds / "eval" / "info.json" for t in tags]
-            metas = [_read_json(p) for p in metas if p.is_file()]
-            infos = [_read_json(p) for p in infos if p.is_file()]
-            if metas or infos:
-                encode_s = seed_stats([_value(m.get("queries_s")) + _value(m.get("candidates_s")) for m in metas])[0]
-                evaluate_s = seed_stats([_value(i.get("total_s")) for i in infos])[0]
-                first = metas[0] if metas else {}
-                enc_rows.append([dataset_label(ds), SYSTEM_LABELS.get(system, system),
-                                 str(len(tags)), fmt(encode_s, None, 1), str(first.get("device", "–")),
-                                 str(first.get("precision", "–")), fmt(evaluate_s, None, 1)])
-    if enc_rows:
-        md += ["**Encoding and evaluation** per model, mean over seeds (embeddings/meta.json, eval/info.json):", ""]
-        md += md_table(["dataset", "model", "runs", "encode s", "device", "precision", "evaluate s"], enc_rows,
-                       align="llrrllr") + [""]
-    bench = benchmark_times(inp.bench_dir)
-    if len(bench):
-        md += [f"**Stage wall times** (Snakemake benchmarks in `{inp.bench_dir}`):", ""]
-        md += md_table(["stage kind", "stages", "wall s (sum)", "max RSS MB"],
-                       [[r["kind"], str(r["stages"]), fmt(r["wall_s"], None, 1), fmt(r["max_rss_mb"], None, 0)]
-                        for _, r in bench.iterrows()]) + [""]
-    if not len(times) and not enc_rows and not len(bench):
-        md += ["(No timing files found.)", ""]
-    md += ["**Commands.** The whole pipeline: `snakemake --cores 2` or `dvc repro` (one DAG, generated from "
+
+def report_stage(params: dict[str, Any], params_file: str) -> Stage:
+    return next(st for st in stages(params, params_file) if st.name == "report")
+
+
+def local_path(dep: str, inp: ReportInputs) -> Path:
+    """Where this run finds a stage-table path: results/<encoder> is --results, models/trained/<encoder>
+    is --models, and code is the running package's."""
+    enc = inp.params["encoder"]["name"]
+    roots = {f"results/{enc}/": inp.results, f"models/trained/{enc}/": inp.models_dir,
+             "src/hybridir/": Path(__file__).parent}
+    for prefix, root in roots.items():
+        if dep.startswith(prefix) and root is not None:
+            return root / dep[len(prefix):]
+    return Path(dep)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def input_digests(inp: ReportInputs, stage: Stage, read: Sequence[Path]) -> dict[str, str]:
+    """sha256 per declared input of what report.md and summary.json read from it: a file's bytes; for a
+    directory, its read files (relative path and sha256). The embeddings and model directories hold
+    tens to hundreds of MB of which the report reads only timings, which differ run to run by design:
+    those inputs feed timings.md only and are left out here."""
+    out = {}
+    for dep in stage.deps:
+        where = local_path(dep, inp)
+        if not dep.endswith("/"):
+            out[dep] = _sha256(where)
+            continue
+        inside = sorted(p for p in read if where in p.parents)
+        if inside:
+            listing = "".join(f"{p.relative_to(where).as_posix()}\0{_sha256(p)}\n" for p in inside)
+            out[dep] = hashlib.sha256(listing.encode("utf-8")).hexdigest()
+    return out
+
+
+def provenance(inp: ReportInputs, grid: Grid) -> dict[str, Any]:
+    """The values of the params the report stage declares and a sha256 per declared input."""
+    stage = report_stage(inp.params, inp.params_file)
+    read = [p for p, _ in required_files(inp.results, grid, list(inp.params["data"]["eval_datasets"]))]
+    return {"params": param_values(inp.params, stage.params), "inputs": input_digests(inp, stage, read)}
+
+
+def provenance_md(inp: ReportInputs, prov: dict[str, Any]) -> list[str]:
+    md = ["## How this report was produced", "",
+          f"Parameters the report stage declares (from `{inp.params_file}`):", ""]
+    md += md_table(["key", "value"], [[k, f"`{v}`"] for k, v in prov["params"].items()], align="ll") + [""]
+    md += ["Timings (wall times, devices) are in `timings.md`: they differ between runs of the same inputs.", "",
+           "<details><summary>sha256 of each input, as far as this report reads it</summary>", ""]
+    md += md_table(["input", "sha256"], [[f"`{k}`", f"`{v}`"] for k, v in prov["inputs"].items()], align="ll")
+    md += ["", "</details>", "",
+           "**Commands.** The whole pipeline: `snakemake --cores 2` or `dvc repro` (one DAG, generated from "
            "`src/hybridir/pipeline.py`). This report: `hybridir report --params "
            f"{inp.params_file} --results {inp.results} --out <dir>`.", ""]
-    try:
-        commands = stage_commands(params, inp.params_file)
-    except (KeyError, ValueError) as exc:  # a stage table that does not know these params yet
-        commands = [f"(stage table unavailable: {exc})"]
-    md += ["<details><summary>Every stage command</summary>", "", "```"] + commands + ["```", "", "</details>", ""]
-    return md
+    commands = [f"{st.name}: {st.cmd}" for st in stages(inp.params, inp.params_file)]
+    return md + ["<details><summary>Every stage command</summary>", "", "```"] + commands + ["```", "", "</details>", ""]
+
+
+def train_times(models_dir: Path | None, tags: Sequence[str]) -> list[list[str]]:
+    """Rows of the training table, from each model's train_summary.json (where present)."""
+    rows = []
+    for tag in tags:
+        path = models_dir / tag / "train_summary.json" if models_dir else None
+        if path is None or not path.is_file():
+            continue
+        s = _read_json(path)
+        rows.append([tag, fmt(_value(s.get("seconds")), None, 0), str(s.get("steps")),
+                     f"{s.get('best_step')}" + (" (base model)" if s.get("returned_base_model") else ""),
+                     fmt(_value(s.get("steps_per_s")), None, 2), str(s.get("device"))])
+    return rows
+
+
+def encode_evaluate_times(results: Path, tags: Sequence[str], datasets: Sequence[str]) -> list[list[str]]:
+    """Rows of the encoding and evaluation table, from embeddings/meta.json and eval/info.json (where present)."""
+    rows = []
+    for ds in datasets:
+        for tag in tags:
+            meta, info = results / tag / ds / "embeddings" / "meta.json", results / tag / ds / "eval" / "info.json"
+            if not (meta.is_file() or info.is_file()):
+                continue
+            m = _read_json(meta) if meta.is_file() else {}
+            i = _read_json(info) if info.is_file() else {}
+            rows.append([dataset_label(ds), tag, fmt(_value(m.get("queries_s")) + _value(m.get("candidates_s")), None, 1),
+                         str(m.get("device", "–")), str(m.get("precision", "–")), fmt(_value(i.get("total_s")), None, 1)])
+    return rows
+
+
+def timings_md(inp: ReportInputs, grid: Grid, datasets: Sequence[str]) -> list[str]:
+    """timings.md: wall times and devices of the runs behind report.md (an uncached output)."""
+    md = [f"# Timings of the runs behind report.md ({inp.params['encoder']['name']})", ""]
+    train = train_times(inp.models_dir, [t for t in grid.all_tags() if t != "zeroshot"])
+    if train:
+        md += ["**Training runs** (train_summary.json):", ""]
+        md += md_table(["run", "wall s", "steps", "selected step", "steps/s", "device"], train, align="lrrrrl") + [""]
+    encode = encode_evaluate_times(inp.results, grid.all_tags(), datasets)
+    if encode:
+        md += ["**Encoding and evaluation** per run (embeddings/meta.json, eval/info.json):", ""]
+        md += md_table(["dataset", "run", "encode s", "device", "precision", "evaluate s"], encode,
+                       align="llrllr") + [""]
+    return md if train or encode else md + ["(No timing files found.)", ""]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -933,7 +932,6 @@ def _run(args: argparse.Namespace) -> int:
     results = Path(args.results)
     models = Path(args.models) if args.models else Path("models/trained") / params["encoder"]["name"]
     inp = ReportInputs(params=params, results=results, params_file=args.params, models_dir=models,
-                       bench_dir=Path(args.benchmarks) if args.benchmarks else None,
                        n_permutations=args.permutations)
     summary = build_report(inp, args.out, log=lambda msg: print(msg, file=sys.stderr))
     for ds, systems in summary["headline"].items():
@@ -950,6 +948,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="reports", help="output directory (report.md, figures/, summary.json, CSVs)")
     p.add_argument("--models", default=None,
                    help="trained models directory for train_summary.json (default models/trained/<encoder.name>)")
-    p.add_argument("--benchmarks", default="benchmarks", help="Snakemake benchmark directory (optional)")
     p.add_argument("--permutations", type=int, default=10_000, help="permutations per significance test")
     p.set_defaults(func=_run)
