@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ from hybridir import metrics as M
 from hybridir.cli import main
 from hybridir.encode import Embeddings, write_embeddings
 from hybridir.evaluate import evaluate, load_eval_tables, run_evaluation
-from hybridir.pipeline import model_tags
-from hybridir.report import PAPER_TABLE1, ReportInputs, build_report, experiment_grid
+from hybridir.pipeline import dvc_yaml, model_tags, stages
+from hybridir.report import PAPER_TABLE1, ReportInputs, build_report, experiment_grid, provenance, report_stage
 
 DIM = 48
 NOISE_SCALE = {"xquad": 1.0, "mlqa": 2.5}   # the MLQA-R subset is easier (fewer questions per context)
@@ -141,22 +142,21 @@ def tree(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             (run_dir / "train_summary.json").write_text(json.dumps(
                 {"seconds": 812.4, "steps": 100, "best_step": 75, "steps_per_s": 0.14, "device": "cpu",
                  "returned_base_model": False}))
-    bench = root / "benchmarks"
-    bench.mkdir()
-    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-    for stage, secs in (("train_xy_s0", 820.0), ("train_hybrid_s0", 790.5), ("encode_zeroshot_xquad_r", 95.1)):
-        (bench / f"{stage}.tsv").write_text(header + f"{secs}\t0:13:40\t2100.5\t3000\t1900\t1950\t1\t2\t95\t800\n")
     return {"root": root, "params": params, "results": results, "grid": grid,
-            "models": root / "models" / "trained" / enc, "bench": bench}
+            "models": root / "models" / "trained" / enc}
 
 
 @pytest.fixture(scope="module")
 def report(tree: dict[str, Any]) -> dict[str, Any]:
     out = tree["root"] / "reports"
-    inp = ReportInputs(params=tree["params"], results=tree["results"], models_dir=tree["models"],
-                       bench_dir=tree["bench"], n_permutations=2000)
-    summary = build_report(inp, out)
+    summary = build_report(tree_inputs(tree, 2000), out)
     return {"out": out, "summary": summary, "md": (out / "report.md").read_text()}
+
+
+def tree_inputs(tree: dict[str, Any], n_permutations: int, **params: Any) -> ReportInputs:
+    """The report's inputs on the fixture tree, laid out as the stage table's paths under its root."""
+    return ReportInputs(params={**tree["params"], **params}, results=tree["results"], models_dir=tree["models"],
+                        n_permutations=n_permutations)
 
 
 def test_grid_tags_are_the_stage_tables(tree: dict[str, Any]) -> None:
@@ -272,13 +272,13 @@ def test_figures_sweeps_beir_and_provenance(report: dict[str, Any], tree: dict[s
     assert len(beir) == 2 * 4
     assert set(summary["beir"]) == {"nfcorpus", "arguana"}
     assert "## 8. English domain checks (BEIR)" in md and "NFCorpus nDCG@10" in md
-    # "How produced": params, train times, encode/eval times, benchmarks, the stage commands.
+    # "How produced": the declared params, input hashes, the stage commands; timings elsewhere.
     how = md.split("How this report was produced")[1]
-    assert "sha256" in how and "lr = `" in how and "alpha_sweep = `[0, 0.25, 0.5, 1]`" in how
-    assert "| xy-s1 | 812 | 100 | 75 |" in how
-    assert "| train | 2 | 1610.5 | 2100 |" in how
+    assert "| data.train_langs | `['ar', 'de'," in how and "| experiments | `{" in how
+    assert "lr" not in how   # not a param the report stage declares
+    assert "`results/e5-small/xy-s1/xquad_r/metrics.json`" in how
     assert "hybridir evaluate --params" in how
-    assert summary["params_sha256"] and json.loads((out / "summary.json").read_text()) == summary
+    assert json.loads((out / "summary.json").read_text()) == summary
 
 
 def test_missing_result_file_names_it_and_its_stage(tree: dict[str, Any], tmp_path: Path) -> None:
@@ -309,8 +309,8 @@ def test_cli_with_the_repository_params(tree: dict[str, Any], repo: Path, tmp_pa
     path.write_text(yaml.safe_dump(params))
     out = tmp_path / "reports"
     assert main(["report", "--params", str(path), "--results", str(tree["results"]), "--out", str(out),
-                 "--permutations", "500", "--benchmarks", str(tmp_path / "none")]) == 0
-    assert {p.name for p in out.iterdir()} == {"report.md", "summary.json", "headline.csv", "figures"}
+                 "--permutations", "500"]) == 0
+    assert {p.name for p in out.iterdir()} == {"report.md", "summary.json", "headline.csv", "figures", "timings.md"}
     assert "xquad_r hybrid: Mo" in capsys.readouterr().err
     md = (out / "report.md").read_text()
     assert "α sweep" not in md and "BEIR" not in md
@@ -321,3 +321,76 @@ def test_cli_with_the_repository_params(tree: dict[str, Any], repo: Path, tmp_pa
         assert "xy-s1/xquad_r/metrics.json  <- stage evaluate_xy_s1_xquad_r" in capsys.readouterr().err
     finally:
         (tmp_path / "moved.json").rename(tree["results"] / "xy-s1" / "xquad_r" / "metrics.json")
+
+
+# ---------------------------------------------------------------- declared inputs and outputs
+
+OPENED: list[tuple[str, Any]] | None = None   # set while a test records file opens
+
+
+def _record_open(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and OPENED is not None and isinstance(args[0], (str, Path)):
+        OPENED.append((str(args[0]), args[1]))
+
+
+sys.addaudithook(_record_open)   # audit hooks cannot be removed: it records only while OPENED is a list
+
+
+def _inside(rel: str, deps: tuple[str, ...]) -> bool:
+    return any(rel == d or (d.endswith("/") and rel.startswith(d)) for d in deps)
+
+
+def test_reads_only_declared_dependencies(tree: dict[str, Any], report: dict[str, Any], tmp_path: Path) -> None:
+    """Every file the report opens under the run's root is inside a dependency of the report stage."""
+    global OPENED
+    root = tree["root"]
+    OPENED = []
+    try:
+        build_report(tree_inputs(tree, 100), tmp_path / "reports")
+    finally:
+        opened, OPENED = OPENED, None
+    reads = {Path(p).resolve() for p, mode in opened if not (isinstance(mode, str) and set(mode) & set("wax+"))}
+    under_root = sorted(p.relative_to(root.resolve()).as_posix() for p in reads if root.resolve() in p.parents)
+    deps = report_stage(tree["params"], "params.yaml").deps
+    assert [r for r in under_root if not _inside(r, deps)] == []
+    # The hook sees every kind of input: results, the per-query tables, timings, model side files.
+    for name in ("metrics.json", "per_query.parquet", "info.json", "meta.json", "train_summary.json"):
+        assert any(r.endswith(name) for r in under_root), name
+    assert not any("benchmarks" in r for r in under_root)
+
+
+def test_outputs_are_the_stage_tables(tree: dict[str, Any], report: dict[str, Any]) -> None:
+    stage = report_stage(tree["params"], "params.yaml")
+    written = {p.relative_to(report["out"].parent).as_posix() + ("/" if p.is_dir() else "")
+               for p in report["out"].iterdir()}
+    assert written == set(stage.all_outs)
+    assert stage.uncached == ("reports/timings.md",) and stage.metrics == ("reports/summary.json",)
+    dvc = dvc_yaml(stages(tree["params"]), tree["params"])
+    assert {"reports/timings.md": {"cache": False}} in dvc["stages"]["report"]["outs"]
+    assert "reports" not in dvc["stages"]["report"]["outs"]   # DVC outputs may not overlap
+    plotted = {name for entry in dvc["plots"] for name in entry if name.startswith("reports/")}
+    assert plotted == {"reports/alpha_sweep.csv", "reports/data_size.csv"} <= set(stage.outs)
+    # Wall times and devices live in timings.md only: report.md is the same for every run.
+    timings = (report["out"] / "timings.md").read_text()
+    assert "| xy-s1 | 812 | 100 | 75 | 0.14 | cpu |" in timings and "| XQuAD-R | zeroshot | 5.5 | cpu |" in timings
+    assert "| 812 |" not in report["md"] and "wall s" not in report["md"] and "info.json" not in report["md"]
+
+
+def test_provenance_follows_declared_inputs_only(tree: dict[str, Any], tmp_path: Path) -> None:
+    before = provenance(tree_inputs(tree, 100), tree["grid"])
+    assert set(before["params"]) == {"experiments", "data.train_langs"}
+    assert "results/e5-small/xy-s0/xquad_r/metrics.json" in before["inputs"]
+    assert "src/hybridir/report.py" in before["inputs"]
+    # An edit to a key the stage does not declare re-runs nothing and changes nothing here.
+    other = {**tree["params"], "evaluate": {**tree["params"]["evaluate"], "top_k": 7}}
+    assert provenance(tree_inputs(tree, 100, evaluate=other["evaluate"]), tree["grid"]) == before
+    # A changed declared input (a metrics file; a per-query table inside an eval directory) does.
+    results = tmp_path / "results"
+    shutil.copytree(tree["results"], results)
+    (results / "xy-s0" / "xquad_r" / "metrics.json").write_text("{}")
+    per_query = results / "hybrid-s1" / "mlqa_r" / "eval" / "per_query.parquet"
+    pd.read_parquet(per_query).iloc[:-1].to_parquet(per_query)
+    inp = ReportInputs(params=tree["params"], results=results, models_dir=tree["models"], n_permutations=100)
+    after = provenance(inp, tree["grid"])
+    changed = {k for k in before["inputs"] if before["inputs"][k] != after["inputs"][k]}
+    assert changed == {"results/e5-small/xy-s0/xquad_r/metrics.json", "results/e5-small/hybrid-s1/mlqa_r/eval/"}

@@ -35,10 +35,11 @@ class Stage:
     params: tuple[str, ...] = ()   # dotted keys of the params file the stage reads
     metrics: tuple[str, ...] = ()  # outputs that are DVC metrics (small JSON, kept in git)
     plots: tuple[str, ...] = field(default=())  # outputs that are DVC plots
+    uncached: tuple[str, ...] = ()  # outputs DVC does not cache (cache: false): they differ run to run
 
     @property
     def all_outs(self) -> tuple[str, ...]:
-        return self.outs + self.metrics + self.plots
+        return self.outs + self.metrics + self.plots + self.uncached
 
 
 SRC = "src/hybridir"   # the package's path in the repository, as stage deps name it
@@ -114,7 +115,8 @@ def code_deps(module: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, ...]:
     return tuple(f"{SRC}/{rel}" for rel in sorted(seen))
 
 
-def _num(x: float) -> str:
+def num(x: float) -> str:
+    """A number as tags, commands and the report write it (0.25, 1)."""
     return f"{x:g}"
 
 
@@ -128,12 +130,13 @@ class Run:
 
     @property
     def tag(self) -> str:
-        sweep = (f"-a{_num(self.alpha)}" if self.alpha is not None else "") + \
-                (f"-f{_num(self.fraction)}" if self.fraction is not None else "")
+        sweep = (f"-a{num(self.alpha)}" if self.alpha is not None else "") + \
+                (f"-f{num(self.fraction)}" if self.fraction is not None else "")
         return f"{self.strategy}{sweep}-s{self.seed}"
 
 
-def _ident(*parts: str) -> str:
+def ident(*parts: str) -> str:
+    """A stage name from its parts ('-' and '.' become '_': stage and rule names are identifiers)."""
     return "_".join(p.replace("-", "_").replace(".", "_") for p in parts)
 
 
@@ -197,18 +200,18 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
         batches = f"data/batches/{run.tag}.parquet"
         model_dir = f"models/trained/{enc}/{run.tag}/"
         models[run.tag] = model_dir
-        options = (f" --alpha {_num(run.alpha)}" if run.alpha is not None else "") + \
-                  (f" --group-fraction {_num(run.fraction)}" if run.fraction is not None else "")
+        options = (f" --alpha {num(run.alpha)}" if run.alpha is not None else "") + \
+                  (f" --group-fraction {num(run.fraction)}" if run.fraction is not None else "")
         tracks_alpha = run.strategy == "hybrid" and run.alpha is None
         out.append(Stage(
-            _ident("batches", run.tag), "train",
+            ident("batches", run.tag), "train",
             f"{EXECUTABLE} batches {p} --pairs {pairs}pairs.parquet --strategy {run.strategy} "
             f"--seed {run.seed}{options} --out {batches}",
             deps=(pairs,), outs=(batches,),
             params=("train.batch_size", "train.steps", "train.extra_negatives", "data.train_langs")
             + (("train.alpha",) if tracks_alpha else ())))
         out.append(Stage(
-            _ident("train", run.tag), "train",
+            ident("train", run.tag), "train",
             f"{EXECUTABLE} train {p} --base {base} --pairs {pairs}pairs.parquet "
             f"--batches {batches} --out {model_dir}",
             deps=(base, pairs, batches), outs=(model_dir,),
@@ -218,7 +221,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
         for ds in params["data"]["eval_datasets"]:
             res = f"results/{enc}/{tag}/{ds}/"
             out.append(Stage(
-                _ident("encode", tag, ds), "evaluate",
+                ident("encode", tag, ds), "evaluate",
                 f"{EXECUTABLE} encode {p} --model {model_dir} --eval-data data/eval/{ds} "
                 f"--out {res}embeddings",
                 deps=(model_dir, "data/eval/"),
@@ -226,9 +229,9 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 params=("encoder.query_prefix", "encoder.passage_prefix", "encoder.pooling",
                         "encoder.max_length", "evaluate.batch_size", "evaluate.precision")))
             metrics = f"{res}metrics.json"
-            report_deps += [metrics, f"{res}eval/"]
+            report_deps += [metrics, f"{res}eval/", f"{res}embeddings/"]
             out.append(Stage(
-                _ident("evaluate", tag, ds), "evaluate",
+                ident("evaluate", tag, ds), "evaluate",
                 f"{EXECUTABLE} evaluate {p} --embeddings {res}embeddings --eval-data data/eval/{ds} "
                 f"--out {res}eval --metrics {metrics}",
                 deps=(f"{res}embeddings/", "data/eval/"),
@@ -239,14 +242,22 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
             result = f"results/{enc}/{tag}/beir/{ds}.json"
             report_deps.append(result)
             out.append(Stage(
-                _ident("beir", tag, ds), "evaluate",
+                ident("beir", tag, ds), "evaluate",
                 f"{EXECUTABLE} beir {p} --raw data/raw --model {model_dir} --dataset {ds} --out {result}",
                 deps=("data/raw/", model_dir), metrics=(result,),
                 outs=(), params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision",
                                  "evaluate.beir_max_queries", "evaluate.beir_max_docs", "data.seed")))
+    # The report reads each trained model's train_summary.json (timings.md) besides the results.
+    trained = tuple(d for tag, d in models.items() if tag != "zeroshot")
+    exp = params["experiments"]
+    sweep_csvs = tuple(f"reports/{name}.csv" for name, key in
+                       (("alpha_sweep", "alpha_sweep"), ("data_size", "data_fractions"), ("beir", "beir"))
+                       if exp[key])
     out.append(Stage(
         "report", "report", f"{EXECUTABLE} report {p} --results results/{enc} --out reports",
-        deps=tuple(report_deps), outs=("reports/",),
+        deps=tuple(report_deps) + trained,
+        outs=("reports/report.md", "reports/headline.csv", "reports/figures/") + sweep_csvs,
+        metrics=("reports/summary.json",), uncached=("reports/timings.md",),
         params=("experiments", "data.train_langs")))
     return with_code_deps(out)
 
@@ -287,13 +298,13 @@ def dvc_yaml(stage_list: list[Stage], params: dict[str, Any], params_file: str =
         entry: dict[str, Any] = {"cmd": st.cmd, "deps": [path(d) for d in st.deps]}
         if st.params:
             entry["params"] = params_entry(st.params)
-        if st.outs:
-            entry["outs"] = [path(o) for o in st.outs]
+        if st.outs or st.uncached:
+            entry["outs"] = [path(o) for o in st.outs] + [{path(u): {"cache": False}} for u in st.uncached]
         if st.metrics:
             entry["metrics"] = [path(m) for m in st.metrics]
         body[st.name] = entry
-    # Files inside the report directory and the model directories are declared at top level
-    # (DVC allows metrics and plots inside a tracked output only there).
+    # The loss files inside the model directories are declared at top level (DVC allows plots
+    # inside a tracked output only there); the report's CSVs are plain outputs plotted here.
     enc = params["encoder"]["name"]
     loss = {f"models/trained/{enc}/{r.tag}/loss.csv": ["train_loss", "valid_loss"] for r in runs(params)}
     plots: list[dict[str, Any]] = [{"training loss": {"x": "step", "y": loss}}]
@@ -301,7 +312,7 @@ def dvc_yaml(stage_list: list[Stage], params: dict[str, Any], params_file: str =
         plots.append({"reports/alpha_sweep.csv": {"x": "alpha", "y": ["mo", "cr", "mul"]}})
     if params["experiments"]["data_fractions"]:
         plots.append({"reports/data_size.csv": {"x": "fraction", "y": ["mo", "cr", "mul"]}})
-    return {"stages": body, "metrics": ["reports/summary.json"], "plots": plots}
+    return {"stages": body, "plots": plots}
 
 
 HEADER = ("# Generated by `hybridir dvc-yaml` from src/hybridir/pipeline.py and params.yaml.\n"

