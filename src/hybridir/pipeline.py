@@ -258,7 +258,11 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
         deps=tuple(report_deps) + trained,
         outs=("reports/report.md", "reports/headline.csv", "reports/figures/") + sweep_csvs,
         metrics=("reports/summary.json",), uncached=("reports/timings.md",),
-        params=("experiments", "data.train_langs")))
+        # Its title and provenance describe the run (data, encoder, steps) and list the stage commands.
+        params=tuple(f"experiments.{k}" for k in exp) + (
+            "data.eval_datasets", "data.eval_langs", "data.eval_max_queries_per_lang", "data.eval_pool",
+            "data.train_langs", "data.train_sources", "encoder.name", "encoder.source", "train.alpha",
+            "train.batch_size", "train.steps")))
     return with_code_deps(out)
 
 
