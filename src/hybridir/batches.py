@@ -50,7 +50,6 @@ import pyarrow.parquet as pq
 from .atomic import atomic_path
 
 STRATEGIES = ("xx_mono", "xy", "hybrid")
-BATCH_TYPES = ("xx_mono", "xy")
 PAIRS_COLUMNS = ("row_id", "source", "group_id", "lang", "query", "passage", "split")
 METADATA_KEY = b"hybridir.batches"
 

@@ -11,8 +11,6 @@ import yaml
 
 SECTIONS = ("data", "encoder", "evaluate", "train", "experiments")
 
-# Language codes known to the evaluation and training data.
-KNOWN_LANGS = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
 
 
 class ConfigError(ValueError):

@@ -42,9 +42,10 @@ DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 @dataclass
 class EvalTables:
-    queries: pd.DataFrame
-    candidates: pd.DataFrame
-    qrels: pd.DataFrame
+    """One evaluation set (written by eval-data, read by evaluate)."""
+    queries: pd.DataFrame     # lang, qid, text
+    candidates: pd.DataFrame  # lang, cid, text, context_id
+    qrels: pd.DataFrame       # qid, lang, cid
 
 
 def dataset_langs(dataset: str, eval_langs: list[str] | None = None) -> list[str]:

@@ -33,7 +33,6 @@ import json
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -43,16 +42,10 @@ import pandas as pd
 from . import metrics as M
 from .atomic import atomic_outputs
 from .encode import Embeddings, read_embeddings, read_table
+from .evaldata import EvalTables
 from .search import Pool, make_pool, normalise, search
 
 RUN_TAG = "hybridir"
-
-
-@dataclass
-class EvalTables:
-    queries: pd.DataFrame     # lang, qid
-    candidates: pd.DataFrame  # lang, cid
-    qrels: pd.DataFrame       # qid, lang, cid
 
 
 def load_eval_tables(eval_dir: str | Path) -> EvalTables:

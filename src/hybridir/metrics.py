@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-SETTINGS = ("mono", "cross", "multi")
 METRIC_COLUMNS = ("ap", "r1", "r10", "ndcg10")
 MULTI = "all"  # corpus-language label of the pooled multilingual corpus
 

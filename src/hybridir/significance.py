@@ -56,9 +56,6 @@ class PairedTest:
     n_permutations: int
     unit: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 Tables = pd.DataFrame | pd.Series | Sequence[pd.DataFrame]
 
