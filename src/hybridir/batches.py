@@ -55,6 +55,7 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_path
 from .config import load_params
+from .errors import BadInput, MissingInput
 
 STRATEGIES = ("xx_mono", "xy", "hybrid")
 BATCH_TYPES = ("xx_mono", "xy")
@@ -81,7 +82,7 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
     """The pairs table, checked against the contract (row_id = row index, known split values)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pairs table {path} not found (run the train-data stage first)")
+        raise MissingInput(f"pairs table {path} not found (run the train-data stage first)")
     pairs = pd.read_parquet(path)
     check_pairs(pairs, str(path))
     return pairs
@@ -90,12 +91,12 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
 def check_pairs(pairs: pd.DataFrame, name: str = "pairs table") -> None:
     missing = [c for c in PAIRS_COLUMNS if c not in pairs.columns]
     if missing:
-        raise ValueError(f"{name} lacks columns {missing}; expected {list(PAIRS_COLUMNS)}")
+        raise BadInput(f"{name} lacks columns {missing}; expected {list(PAIRS_COLUMNS)}")
     if not np.array_equal(pairs["row_id"].to_numpy(), np.arange(len(pairs))):
-        raise ValueError(f"{name}: row_id must equal the row index 0..n-1 (rebuild the pairs table)")
+        raise BadInput(f"{name}: row_id must equal the row index 0..n-1 (rebuild the pairs table)")
     bad = sorted(set(pairs["split"].unique()) - {"train", "valid"})
     if bad:
-        raise ValueError(f"{name}: split has values {bad}; allowed: train, valid")
+        raise BadInput(f"{name}: split has values {bad}; allowed: train, valid")
 
 
 def pairs_fingerprint(pairs: pd.DataFrame) -> str:
@@ -181,9 +182,9 @@ class EpochQueue:
             if not self.queue:
                 refills += 1
                 if refills == 2:   # every group was offered since the first refill: none left to try
-                    raise ValueError(f"a pool of {len(self.items)} groups cannot give {n} triplets with "
-                                     "distinct query and passage texts; lower train.batch_size or "
-                                     "deduplicate the texts")
+                    raise BadInput(f"a pool of {len(self.items)} groups cannot give {n} triplets with "
+                                   "distinct query and passage texts; lower train.batch_size or "
+                                   "deduplicate the texts")
                 self.queue.extend(rng.permutation(self.items).tolist())
                 self.epochs += 1
             g = self.queue.popleft()
@@ -296,8 +297,8 @@ def _add_negatives(batch: Batch, src: SourceIndex, rng: np.random.Generator) -> 
             outside[lang] = rows[~np.isin(gidx, members)]
         row = _new_passage_row(batch, outside[lang], rng)
         if row is None:
-            raise ValueError(f"source {src.name}, language {lang}: no row outside the batch with a passage "
-                             "text not in it, to use as extra negative; set train.extra_negatives: 0 or add data")
+            raise BadInput(f"source {src.name}, language {lang}: no row outside the batch with a passage "
+                           "text not in it, to use as extra negative; set train.extra_negatives: 0 or add data")
         batch.negatives.append(row)
         batch.passage_texts.add(batch.texts.passage[row])
 
@@ -321,7 +322,7 @@ def keep_group_fraction(pairs: pd.DataFrame, fraction: float, split: str = "trai
     the same for every strategy and seed, so a data-size sweep compares like with like.
     """
     if not 0 < fraction <= 1:
-        raise ValueError(f"group fraction {fraction} must be in (0, 1]")
+        raise BadInput(f"group fraction {fraction} must be in (0, 1]")
     rows = pairs[pairs["split"] == split]
     keep: list[str] = []
     for _, part in rows.groupby("source", sort=True):
@@ -340,21 +341,21 @@ def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float, batch_siz
     `group_fraction` < 1 draws from only that share of each source's groups (keep_group_fraction).
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy {strategy!r} unknown; allowed: {', '.join(STRATEGIES)}")
+        raise BadInput(f"strategy {strategy!r} unknown; allowed: {', '.join(STRATEGIES)}")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"train.alpha = {alpha} must be in [0, 1]")
+        raise BadInput(f"train.alpha = {alpha} must be in [0, 1]")
     if batch_size < 2 or steps < 1:
-        raise ValueError(f"train.batch_size = {batch_size} must be >= 2 and train.steps = {steps} >= 1")
+        raise BadInput(f"train.batch_size = {batch_size} must be >= 2 and train.steps = {steps} >= 1")
     if extra_negatives not in (0, 1):
-        raise ValueError(f"train.extra_negatives = {extra_negatives} must be 0 or 1")
+        raise BadInput(f"train.extra_negatives = {extra_negatives} must be 0 or 1")
     check_pairs(pairs)
     texts = TextIds.of(pairs)   # of every row: row ids index it (row_id = row index)
     if group_fraction < 1:
         pairs = keep_group_fraction(pairs, group_fraction, split)
     index = index_sources(pairs, split, langs)
     if not index:
-        raise ValueError(f"the pairs table has no rows with split == {split!r}"
-                         + (f" in languages {langs}" if langs else ""))
+        raise BadInput(f"the pairs table has no rows with split == {split!r}"
+                       + (f" in languages {langs}" if langs else ""))
     pools = build_pools(index, batch_size)
     for line in pools.left_out:
         (log or _stderr)(f"batches: left out {line}")
@@ -365,7 +366,7 @@ def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float, batch_siz
     for kind, need in needed.items():
         if need and not eligible[kind]:
             sizes = {n: s.size for n, s in index.items()}
-            raise ValueError(
+            raise BadInput(
                 f"no source can give a {kind} batch of {batch_size} distinct groups from split "
                 f"{split!r} (groups per source: {sizes}); lower train.batch_size or add data"
                 + (" with at least two languages per group" if kind == "xy" else ""))
@@ -429,14 +430,14 @@ def read_batches(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The batch table and the settings it was built with (strategy, seed, ...)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"batch table {path} not found (run `hybridir batches` first)")
+        raise MissingInput(f"batch table {path} not found (run `hybridir batches` first)")
     arrow = pq.read_table(path)
     meta = arrow.schema.metadata or {}
     if METADATA_KEY not in meta:
-        raise ValueError(f"{path} has no {METADATA_KEY.decode()} metadata: not written by `hybridir batches`")
+        raise BadInput(f"{path} has no {METADATA_KEY.decode()} metadata: not written by `hybridir batches`")
     missing = [f.name for f in BATCH_SCHEMA if f.name not in arrow.column_names]
     if missing:
-        raise ValueError(f"batch table {path} lacks columns {missing}")
+        raise BadInput(f"batch table {path} lacks columns {missing}")
     return arrow.to_pandas(), json.loads(meta[METADATA_KEY])
 
 

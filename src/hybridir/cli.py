@@ -9,6 +9,8 @@ import importlib
 import os
 import sys
 
+from .errors import UserError
+
 STAGE_MODULES = [
     "fetch", "evaldata", "traindata", "encoder_import", "encode", "evaluate",
     "batches", "train", "beir", "report", "pipeline",
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
+    except UserError as exc:   # bad input the user can fix: one line; anything else is a bug, with traceback
         print(f"hybridir {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

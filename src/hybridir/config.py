@@ -9,13 +9,15 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .errors import BadInput
+
 SECTIONS = ("data", "encoder", "evaluate", "train", "experiments")
 
 # Language codes known to the evaluation and training data.
 KNOWN_LANGS = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     pass
 
 
