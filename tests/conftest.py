@@ -6,14 +6,11 @@ from pathlib import Path
 
 import pytest
 
+pytest.register_assert_rewrite("pipeline_helpers")   # before the import, so its asserts explain themselves
+from pipeline_helpers import require_mirror  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def mirror_dir() -> Path | None:
-    env = os.environ.get("HYBRIDIR_MIRROR")
-    path = Path(env) if env else REPO.parent / "shared" / "mirror"
-    return path if path.is_dir() else None
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +20,4 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def mirror() -> Path:
-    path = mirror_dir()
-    if path is None:
-        pytest.skip("offline data mirror not found (set HYBRIDIR_MIRROR or place ../shared/mirror)")
-    return path
+    return require_mirror()

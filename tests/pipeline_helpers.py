@@ -39,12 +39,21 @@ TIMING_KEY = re.compile(r"(seconds|_s|_mb)$")
 TIMED_TEXT = frozenset({"reports/timings.md"})
 
 
-def mirror_or_skip() -> Path:
+def require_mirror() -> Path:
+    """The offline data mirror ($HYBRIDIR_MIRROR, else ../shared/mirror beside the repository).
+
+    Missing, the test skips locally but fails under CI (CI=true or 1): a CI run that skipped every
+    data test would pass while testing next to nothing.
+    """
     env = os.environ.get("HYBRIDIR_MIRROR")
     path = Path(env) if env else REPO.parent / "shared" / "mirror"
-    if not path.is_dir():
-        pytest.skip("offline data mirror not found (set HYBRIDIR_MIRROR or place ../shared/mirror)")
-    return path.resolve()
+    if path.is_dir():
+        return path.resolve()
+    reason = (f"offline data mirror {path} not found: set HYBRIDIR_MIRROR to a directory laid out like "
+              f"data/raw, or place the mirror at {REPO.parent / 'shared' / 'mirror'}")
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{reason} (CI={os.environ['CI']}: the data tests must run, not skip)", pytrace=False)
+    pytest.skip(reason)
 
 
 def tool_env(mirror: Path, code: Path) -> dict[str, str]:
@@ -287,7 +296,7 @@ def smoke_source(smoke_root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def dvc_smoke(smoke_root: Path, smoke_source: Path) -> DvcRun:
-    wd = make_workdir(smoke_root / "dvc", mirror_or_skip(), smoke_params(smoke_source), smoke_source)
+    wd = make_workdir(smoke_root / "dvc", require_mirror(), smoke_params(smoke_source), smoke_source)
     repo, env = wd.path, with_trace(wd.env, smoke_root / "trace-dvc")
     remote = smoke_root / "remote"
     remote.mkdir()
@@ -311,7 +320,7 @@ class SnakemakeRun:
 
 @pytest.fixture(scope="session")
 def snakemake_smoke(smoke_root: Path, smoke_source: Path) -> SnakemakeRun:
-    wd = make_workdir(smoke_root / "snakemake", mirror_or_skip(), smoke_params(smoke_source), smoke_source)
+    wd = make_workdir(smoke_root / "snakemake", require_mirror(), smoke_params(smoke_source), smoke_source)
     git_init(wd.path, wd.env)
     trace = smoke_root / "trace-snakemake"
     output = snakemake(wd.path, with_trace(wd.env, trace)).stdout
@@ -323,6 +332,6 @@ def pulled_clone(dvc_smoke: DvcRun, smoke_root: Path) -> Workdir:
     """A researcher's fresh clone: git clone, then `dvc pull` (its own, empty cache)."""
     clone = smoke_root / "clone"
     sh(["git", "clone", "-q", str(dvc_smoke.repo), str(clone)], smoke_root, dvc_smoke.env)
-    env = tool_env(mirror_or_skip(), clone)
+    env = tool_env(require_mirror(), clone)
     dvc(clone, env, "pull")
     return Workdir(clone, env)

@@ -18,7 +18,7 @@ from hybridir.fetch import sha256_of
 from hybridir.sources import find, load_registry, local_path
 
 pytest.register_assert_rewrite("pipeline_helpers")
-from pipeline_helpers import (BIN, Workdir, dvc, git_init, make_workdir, mirror_or_skip, sh,  # noqa: E402
+from pipeline_helpers import (BIN, Workdir, dvc, git_init, make_workdir, require_mirror, sh,  # noqa: E402
                               smoke_params, snakemake)
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory: pytest.TempPathFactory) -> Workdir:
     """A working copy whose data stages (fetch, eval_data, train_data) have run."""
-    wd = make_workdir(tmp_path_factory.mktemp("bad_input"), mirror_or_skip(), smoke_params())
+    wd = make_workdir(tmp_path_factory.mktemp("bad_input"), require_mirror(), smoke_params())
     snakemake(wd.path, wd.env, "data/raw", "data/eval", "data/train")
     return wd
 

@@ -110,6 +110,27 @@ def test_rows_match_their_triplets(written: dict[str, Path], pairs: pd.DataFrame
         assert (t.groupby("batch_id")["source"].nunique() == 1).all()
 
 
+def assert_texts_unique(path: Path, pairs: pd.DataFrame) -> None:
+    """On the written file: within a batch no query text repeats, and no passage text among the
+    positives and extra negatives (a repeat would be a false in-batch negative)."""
+    t = pq.read_table(path).to_pandas()
+    by_row = pairs.set_index("row_id")
+    queries = pd.DataFrame({"batch_id": t["batch_id"], "text": by_row.loc[t["query_row"], "query"].values})
+    candidates = [t["passage_row"]] + ([t["negative_row"]] if "negative_row" in t.columns else [])
+    passages = pd.DataFrame({"batch_id": np.concatenate([t["batch_id"]] * len(candidates)),
+                             "text": by_row.loc[np.concatenate(candidates), "passage"].values})
+    assert not queries.duplicated().any(), f"{path.name}: a query text repeats within a batch"
+    assert not passages.duplicated().any(), f"{path.name}: a passage text repeats within a batch"
+
+
+def test_texts_unique_within_a_batch(written: dict[str, Path], pairs: pd.DataFrame) -> None:
+    train = pairs[pairs["split"] == "train"]
+    # the fixture has the case: ARCD questions on one paragraph are groups sharing a passage text
+    assert (train.groupby(["source", "passage"])["group_id"].nunique() > 1).any()
+    for path in written.values():
+        assert_texts_unique(path, pairs)
+
+
 def test_xx_mono_batches_are_one_language(written: dict[str, Path]) -> None:
     for strategy in ("xx_mono", "hybrid"):
         t = pq.read_table(written[strategy]).to_pandas()
@@ -194,6 +215,22 @@ def test_epoch_queue_boundary() -> None:
         assert sorted(flat[epoch * 10:(epoch + 1) * 10]) == list(range(10))
 
 
+def test_epoch_queue_refused_groups_come_first_in_the_next_batch() -> None:
+    rng = np.random.Generator(np.random.PCG64(0))
+    q = EpochQueue(np.arange(10))
+    refused: list[int] = []
+
+    def accept(g: int) -> bool:   # e.g. a group whose text the batch already holds
+        if g < 5:
+            refused.append(g)
+        return g >= 5
+
+    assert sorted(q.take(5, rng, accept)) == [5, 6, 7, 8, 9]
+    assert q.take(len(refused), rng) == refused
+    with pytest.raises(ValueError, match="distinct query and passage texts"):
+        EpochQueue(np.arange(10)).take(3, rng, lambda g: g < 2)
+
+
 def test_same_seed_same_bytes_other_seed_differs(repo: Path, pairs_file: Path, written: dict[str, Path],
                                                  tmp_path: Path) -> None:
     again = run_batches(repo, tmp_path, pairs_file, "hybrid", 0, "again")
@@ -210,6 +247,7 @@ def test_extra_negatives(repo: Path, pairs_file: Path, pairs: pd.DataFrame, tmp_
     assert str(pq.read_schema(path).field("negative_row").type) == "int64"
     t, meta = read_batches(path)
     assert meta["extra_negatives"] == 1
+    assert_texts_unique(path, pairs)
     neg = pairs.set_index("row_id").loc[t["negative_row"]]
     assert (neg["lang"].values == t["passage_lang"].values).all()
     assert (neg["source"].values == t["source"].values).all()

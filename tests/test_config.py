@@ -14,7 +14,7 @@ from hybridir import cli
 from hybridir.config import ConfigError, load_params, validate
 
 pytest.register_assert_rewrite("pipeline_helpers")
-from pipeline_helpers import (OUTPUT_ROOTS, REPO, Workdir, make_workdir, mirror_or_skip,  # noqa: E402
+from pipeline_helpers import (OUTPUT_ROOTS, REPO, Workdir, make_workdir, require_mirror,  # noqa: E402
                               set_dotted, smoke_params, snakemake)
 
 
@@ -103,7 +103,7 @@ def test_every_stage_command_refuses_bad_params_first(case: str, tmp_path: Path,
 
 @pytest.fixture(scope="module")
 def workflow_copy(tmp_path_factory: pytest.TempPathFactory) -> Workdir:
-    return make_workdir(tmp_path_factory.mktemp("config_repo"), mirror_or_skip())
+    return make_workdir(tmp_path_factory.mktemp("config_repo"), require_mirror())
 
 
 def _nothing_written(workdir: Path) -> None:

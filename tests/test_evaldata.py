@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 from pathlib import Path
 
@@ -14,9 +13,6 @@ from hybridir import evaldata
 from hybridir.sources import find, load_registry
 
 REPO = Path(__file__).resolve().parents[1]
-MIRROR = Path(os.environ.get("HYBRIDIR_MIRROR") or REPO.parent / "shared" / "mirror")
-pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason=f"offline data mirror {MIRROR} not found "
-                                "(set HYBRIDIR_MIRROR to a directory laid out like data/raw)")
 
 # LAReQA's README table (questions, candidates per language).
 XQUAD_CANDIDATES = {"ar": 1222, "de": 1276, "el": 1234, "en": 1180, "es": 1215, "hi": 1244,
@@ -26,13 +22,13 @@ MLQA_COUNTS = {"ar": (517, 2545), "de": (512, 2362), "en": (1148, 6264), "es": (
 
 
 @pytest.fixture(scope="module")
-def xquad() -> evaldata.EvalTables:
-    return evaldata.build_dataset(MIRROR, "xquad_r")
+def xquad(mirror: Path) -> evaldata.EvalTables:
+    return evaldata.build_dataset(mirror, "xquad_r")
 
 
 @pytest.fixture(scope="module")
-def mlqa() -> evaldata.EvalTables:
-    return evaldata.build_dataset(MIRROR, "mlqa_r")
+def mlqa(mirror: Path) -> evaldata.EvalTables:
+    return evaldata.build_dataset(mirror, "mlqa_r")
 
 
 def test_xquad_counts_match_lareqa(xquad):
@@ -84,56 +80,56 @@ def test_mlqa_questions_are_parallel_across_two_to_four_languages(mlqa):
     assert set(mlqa.queries.loc[mlqa.queries["lang"] == "en", "qid"]) == set(mlqa.queries["qid"])
 
 
-def test_relevant_sentence_holds_the_answer():
+def test_relevant_sentence_holds_the_answer(mirror):
     """The qrels sentence of the first English question is the one that contains its answer text."""
-    t = evaldata.build_dataset(MIRROR, "xquad_r", eval_langs=["en"])
+    t = evaldata.build_dataset(mirror, "xquad_r", eval_langs=["en"])
     first = t.qrels.iloc[0]
     text = t.candidates.set_index("cid").loc[first["cid"], "text"]
     assert "308" in text  # "How many points did the Panthers defense surrender?" -> 308
 
 
-def test_lang_restriction_and_subsample_keep_pools_whole():
-    t = evaldata.build_dataset(MIRROR, "mlqa_r", eval_langs=["en", "de", "th"], max_queries_per_lang=25, seed=3)
+def test_lang_restriction_and_subsample_keep_pools_whole(mirror):
+    t = evaldata.build_dataset(mirror, "mlqa_r", eval_langs=["en", "de", "th"], max_queries_per_lang=25, seed=3)
     assert sorted(set(t.candidates["lang"])) == ["de", "en"]
     assert t.candidates.groupby("lang").size().to_dict() == {"de": 2362, "en": 6264}
     assert t.queries.groupby("lang").size().to_dict() == {"de": 25, "en": 25}
     assert set(t.qrels["qid"]) == set(t.queries["qid"]) and set(t.qrels["lang"]) <= {"de", "en"}
-    again = evaldata.build_dataset(MIRROR, "mlqa_r", eval_langs=["en", "de"], max_queries_per_lang=25, seed=3)
+    again = evaldata.build_dataset(mirror, "mlqa_r", eval_langs=["en", "de"], max_queries_per_lang=25, seed=3)
     assert again.queries.equals(t.queries)
-    x = evaldata.build_dataset(MIRROR, "xquad_r", eval_langs=["el", "vi"], max_queries_per_lang=10)
+    x = evaldata.build_dataset(mirror, "xquad_r", eval_langs=["el", "vi"], max_queries_per_lang=10)
     by_lang = x.queries.groupby("lang")["qid"].apply(frozenset)
     assert by_lang["el"] == by_lang["vi"] and len(by_lang["el"]) == 10  # parallel questions stay together
     assert (x.qrels.groupby("qid").size() == 2).all()
 
 
-def test_language_outside_dataset_is_an_error():
+def test_language_outside_dataset_is_an_error(mirror):
     with pytest.raises(ValueError, match="mlqa_r"):
-        evaldata.build_dataset(MIRROR, "mlqa_r", eval_langs=["th"])
+        evaldata.build_dataset(mirror, "mlqa_r", eval_langs=["th"])
 
 
-def _raw_copy(tmp_path: Path, dataset_folder: str, lang: str) -> Path:
+def _raw_copy(mirror: Path, tmp_path: Path, dataset_folder: str, lang: str) -> Path:
     src = find(load_registry(), f"/{dataset_folder}/{lang}.json")
     dest = tmp_path / "raw" / src.relpath
     dest.parent.mkdir(parents=True)
-    shutil.copyfile(MIRROR / src.relpath, dest)
+    shutil.copyfile(mirror / src.relpath, dest)
     return dest
 
 
-def test_truncated_json_names_the_file(tmp_path):
-    path = _raw_copy(tmp_path, "xquad-r", "en")
+def test_truncated_json_names_the_file(mirror, tmp_path):
+    path = _raw_copy(mirror, tmp_path, "xquad-r", "en")
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(ValueError, match=r"en\.json.*not valid JSON"):
         evaldata.build_dataset(tmp_path / "raw", "xquad_r", eval_langs=["en"])
 
 
-def test_missing_language_file_names_the_file(tmp_path):
-    _raw_copy(tmp_path, "xquad-r", "en")
+def test_missing_language_file_names_the_file(mirror, tmp_path):
+    _raw_copy(mirror, tmp_path, "xquad-r", "en")
     with pytest.raises(FileNotFoundError, match=r"xquad-r/de\.json"):
         evaldata.build_dataset(tmp_path / "raw", "xquad_r", eval_langs=["en", "de"])
 
 
-def test_file_without_sentence_breaks_is_rejected(tmp_path):
-    path = _raw_copy(tmp_path, "xquad-r", "en")
+def test_file_without_sentence_breaks_is_rejected(mirror, tmp_path):
+    path = _raw_copy(mirror, tmp_path, "xquad-r", "en")
     path.write_text('{"data": [{"paragraphs": [{"context": "A b.", "qas": []}]}]}')
     with pytest.raises(ValueError, match="sentences"):
         evaldata.build_dataset(tmp_path / "raw", "xquad_r", eval_langs=["en"])
@@ -155,10 +151,10 @@ def _run_stage(*argv: str) -> int:
     return args.func(args)
 
 
-def test_cli_writes_tables_and_stats(tmp_path):
+def test_cli_writes_tables_and_stats(mirror, tmp_path):
     params = _params(tmp_path, eval_langs=["en", "de"], eval_max_queries_per_lang=20)
     out = tmp_path / "eval"
-    assert _run_stage("--params", str(params), "--raw", str(MIRROR), "--out", str(out)) == 0
+    assert _run_stage("--params", str(params), "--raw", str(mirror), "--out", str(out)) == 0
     for dataset in ("xquad_r", "mlqa_r"):
         for name in ("queries", "candidates", "qrels"):
             assert (out / dataset / f"{name}.parquet").is_file()
@@ -168,12 +164,12 @@ def test_cli_writes_tables_and_stats(tmp_path):
         {"de": 1276, "en": 1180}
 
 
-def test_cli_failure_leaves_no_output(tmp_path):
+def test_cli_failure_leaves_no_output(mirror, tmp_path):
     params = _params(tmp_path, eval_langs=["en"])
     out = tmp_path / "eval"
     (out / "xquad_r").mkdir(parents=True)
     (out / "xquad_r" / "stats.json").write_text("{}")  # an earlier, complete output
-    path = _raw_copy(tmp_path, "xquad-r", "en")
+    path = _raw_copy(mirror, tmp_path, "xquad-r", "en")
     path.write_bytes(b"{")
     with pytest.raises(ValueError, match="not valid JSON"):
         _run_stage("--params", str(params), "--raw", str(tmp_path / "raw"), "--out", str(out))

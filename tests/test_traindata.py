@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -16,9 +15,6 @@ from hybridir.config import ConfigError, validate
 from hybridir.sources import load_registry
 
 REPO = Path(__file__).resolve().parents[1]
-MIRROR = Path(os.environ.get("HYBRIDIR_MIRROR") or REPO.parent / "shared" / "mirror")
-pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason=f"offline data mirror {MIRROR} not found "
-                                "(set HYBRIDIR_MIRROR to a directory laid out like data/raw)")
 
 
 def _params() -> dict:
@@ -39,23 +35,23 @@ def _run_stage(*argv: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[pd.DataFrame, Path, dict]:
+def built(mirror: Path, tmp_path_factory) -> tuple[pd.DataFrame, Path, dict]:
     """The default build (params.yaml), written through the CLI stage."""
     tmp = tmp_path_factory.mktemp("train")
     params_path = tmp / "params.yaml"
     params_path.write_text(yaml.safe_dump(_params()))
     out = tmp / "train"
-    assert _run_stage("--params", str(params_path), "--raw", str(MIRROR), "--out", str(out)) == 0
+    assert _run_stage("--params", str(params_path), "--raw", str(mirror), "--out", str(out)) == 0
     return pd.read_parquet(out / "pairs.parquet"), out, _params()["data"]
 
 
 @pytest.fixture(scope="module")
-def eval_strings() -> set[str]:
+def eval_strings(mirror: Path) -> set[str]:
     """Every XQuAD-R / MLQA-R question and candidate sentence, read straight from the JSON files."""
     texts: set[str] = set()
     for src in load_registry():
         if src.role in ("eval:xquad-r", "eval:mlqa-r") and src.url.endswith(".json"):
-            doc = json.loads((MIRROR / src.relpath).read_text(encoding="utf-8"))
+            doc = json.loads((mirror / src.relpath).read_text(encoding="utf-8"))
             for article in doc["data"]:
                 for para in article["paragraphs"]:
                     texts.update(s.strip() for s in para["sentences"])
@@ -124,13 +120,13 @@ def test_zero_exact_overlap_with_evaluation_text(built, eval_strings):
     assert not {traindata.norm(t) for t in train} & normalised  # also after NFKC/case/space folding
 
 
-def test_overlapping_units_are_filtered_and_counted(built):
+def test_overlapping_units_are_filtered_and_counted(mirror, built):
     _, out, _ = built
     stats = json.loads((out / "stats.json").read_text())
     removed = stats["removed_for_eval_overlap"]
     assert set(removed) == {"wmt24pp", "ntrex", "tico19", "arcd"} and sum(removed.values()) > 0
     # on a real NTREX document: a unit equal to evaluation text goes in every language, context closes up
-    doc = traindata.read_ntrex(MIRROR, ["en", "de"], load_registry())[0]
+    doc = traindata.read_ntrex(mirror, ["en", "de"], load_registry())[0]
     forbidden = {traindata.norm(doc.units[2]["de"])}
     (kept,), n = traindata.drop_overlapping_units([doc], forbidden)
     assert n == 1 and len(kept.units) == len(doc.units) - 1
@@ -146,21 +142,21 @@ def test_counts_csv_matches_pairs(built):
     assert counts.set_index(["source", "lang", "split"])["n"].sort_index().equals(expected.sort_index())
 
 
-def test_cap_languages_and_determinism():
+def test_cap_languages_and_determinism(mirror):
     data = _data(train_sources=["ntrex", "tico19"], train_langs=["en", "de"], max_groups_per_source=40,
                  context_sides="both", context_sentences=2, valid_fraction=0.1)
-    pairs, _ = traindata.build_pairs(MIRROR, data)
+    pairs, _ = traindata.build_pairs(mirror, data)
     groups = pairs.drop_duplicates("group_id")
     assert groups.groupby("source").size().to_dict() == {"ntrex": 40, "tico19": 40}
     assert set(pairs.loc[pairs["source"] == "tico19", "lang"]) == {"en"}  # TICO-19 has no German
     assert set(pairs.loc[pairs["source"] == "ntrex", "lang"]) == {"en", "de"}
-    again, _ = traindata.build_pairs(MIRROR, data)
+    again, _ = traindata.build_pairs(mirror, data)
     assert again.equals(pairs)
 
 
-def test_source_without_train_language_is_an_error():
+def test_source_without_train_language_is_an_error(mirror):
     with pytest.raises(ValueError, match="arcd"):
-        traindata.build_pairs(MIRROR, _data(train_sources=["arcd"], train_langs=["de", "en"]))
+        traindata.build_pairs(mirror, _data(train_sources=["arcd"], train_langs=["de", "en"]))
 
 
 def test_sources_without_real_pairs_are_rejected_by_the_schema():

@@ -20,12 +20,18 @@ Construction, per batch (one numpy Generator(PCG64(seed)) drives every draw, in 
 Sweeps: `--alpha` overrides train.alpha; `--group-fraction f` draws from a fixed share of each
 source's training groups (nested across fractions, the same for every strategy and seed).
 
-Groups are unique within a batch (translations of one item would be false negatives).
+Groups are unique within a batch (translations of one item would be false negatives), and so
+are texts: no query text twice, no passage text twice among the positives and extra negatives
+(ARCD questions on one paragraph share their passage; a copy in another group would be a false
+negative). A drawn triplet whose query or passage text is already in the batch is not used:
+its group is offered again to the next batch of the pool (step 4 draws another row).
 Epochs: every pool (source x language for X-X-mono, source for X-Y) is a queue of its groups in
 a shuffled order; batches take groups from the front, and a fresh shuffle is appended when the
-queue runs dry, so no group of a pool repeats before all of them were used. A pool smaller
-than batch_size cannot give a batch with unique groups: it is left out (reported on stderr),
-and if no source can give a batch of a required type the stage fails and says what to change.
+queue runs dry, so no group of a pool repeats before all of them were used (except that a group
+put off for a repeated text near the end of an epoch may come after the next epoch's first).
+A pool smaller than batch_size cannot give a batch with unique groups: it is left out (reported
+on stderr), and if no source can give a batch of a required type the stage fails and says what
+to change.
 
 The output is byte-identical for the same inputs and seed: fixed column types, no index,
 fixed compression, and the settings stored as sorted JSON in the parquet metadata.
@@ -48,6 +54,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path
+from .errors import BadInput, MissingInput
 
 STRATEGIES = ("xx_mono", "xy", "hybrid")
 PAIRS_COLUMNS = ("row_id", "source", "group_id", "lang", "query", "passage", "split")
@@ -73,7 +80,7 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
     """The pairs table, checked against the contract (row_id = row index, known split values)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pairs table {path} not found (run the train-data stage first)")
+        raise MissingInput(f"pairs table {path} not found (run the train-data stage first)")
     pairs = pd.read_parquet(path)
     check_pairs(pairs, str(path))
     return pairs
@@ -82,12 +89,12 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
 def check_pairs(pairs: pd.DataFrame, name: str = "pairs table") -> None:
     missing = [c for c in PAIRS_COLUMNS if c not in pairs.columns]
     if missing:
-        raise ValueError(f"{name} lacks columns {missing}; expected {list(PAIRS_COLUMNS)}")
+        raise BadInput(f"{name} lacks columns {missing}; expected {list(PAIRS_COLUMNS)}")
     if not np.array_equal(pairs["row_id"].to_numpy(), np.arange(len(pairs))):
-        raise ValueError(f"{name}: row_id must equal the row index 0..n-1 (rebuild the pairs table)")
+        raise BadInput(f"{name}: row_id must equal the row index 0..n-1 (rebuild the pairs table)")
     bad = sorted(set(pairs["split"].unique()) - {"train", "valid"})
     if bad:
-        raise ValueError(f"{name}: split has values {bad}; allowed: train, valid")
+        raise BadInput(f"{name}: split has values {bad}; allowed: train, valid")
 
 
 def pairs_fingerprint(pairs: pd.DataFrame) -> str:
@@ -160,18 +167,26 @@ class EpochQueue:
         self.queue: collections.deque[int] = collections.deque()
         self.epochs = 0
 
-    def take(self, n: int, rng: np.random.Generator) -> list[int]:
+    def take(self, n: int, rng: np.random.Generator,
+             accept: Callable[[int], bool] = lambda g: True) -> list[int]:
+        """n distinct groups that `accept` takes, in queue order; the others stay in front, in order."""
         if n > len(self.items):
             raise ValueError(f"cannot take {n} distinct groups from a pool of {len(self.items)}")
         picked: list[int] = []
         seen: set[int] = set()
-        skipped: list[int] = []   # at an epoch boundary: already in this batch, kept for the next
+        skipped: list[int] = []   # already in this batch (epoch boundary) or refused: kept for the next
+        refills = 0
         while len(picked) < n:
             if not self.queue:
+                refills += 1
+                if refills == 2:   # every group was offered since the first refill: none left to try
+                    raise BadInput(f"a pool of {len(self.items)} groups cannot give {n} triplets with "
+                                   "distinct query and passage texts; lower train.batch_size or "
+                                   "deduplicate the texts")
                 self.queue.extend(rng.permutation(self.items).tolist())
                 self.epochs += 1
             g = self.queue.popleft()
-            if g in seen:
+            if g in seen or not accept(g):
                 skipped.append(g)
                 continue
             picked.append(g)
@@ -211,25 +226,91 @@ def build_pools(index: dict[str, SourceIndex], batch_size: int) -> Pools:
     return Pools(xx, xy, left_out)
 
 
+@dataclass
+class TextIds:
+    """Query and passage texts as integer ids by row id: equal texts, equal ids."""
+    query: np.ndarray
+    passage: np.ndarray
+
+    @classmethod
+    def of(cls, pairs: pd.DataFrame) -> "TextIds":
+        return cls(pd.factorize(pairs["query"])[0], pd.factorize(pairs["passage"])[0])
+
+
+@dataclass
+class Batch:
+    """The triplets of one batch so far, and the texts it holds (each at most once)."""
+    texts: TextIds
+    groups: list[int] = field(default_factory=list)
+    qlangs: list[str] = field(default_factory=list)
+    plangs: list[str] = field(default_factory=list)
+    qrows: list[int] = field(default_factory=list)
+    prows: list[int] = field(default_factory=list)
+    negatives: list[int] = field(default_factory=list)
+    query_texts: set[int] = field(default_factory=set)
+    passage_texts: set[int] = field(default_factory=set)   # positives and extra negatives
+
+    def add(self, group: int, qlang: str, plang: str, qrow: int, prow: int) -> bool:
+        """Add the triplet unless its query or passage text is already in the batch."""
+        q, p = self.texts.query[qrow], self.texts.passage[prow]
+        if q in self.query_texts or p in self.passage_texts:
+            return False
+        self.query_texts.add(q)
+        self.passage_texts.add(p)
+        self.groups.append(group)
+        self.qlangs.append(qlang)
+        self.plangs.append(plang)
+        self.qrows.append(qrow)
+        self.prows.append(prow)
+        return True
+
+    def is_new_passage(self, row: int) -> bool:
+        return self.texts.passage[row] not in self.passage_texts
+
+
 def _pick_row(rows: np.ndarray, rng: np.random.Generator) -> int:
     return int(rows[0]) if len(rows) == 1 else int(rows[rng.integers(len(rows))])
 
 
-def _negatives(src: SourceIndex, passage_langs: list[str], batch_groups: set[int],
-               rng: np.random.Generator) -> list[int]:
-    out = []
+def _add_xx(batch: Batch, src: SourceIndex, group: int, lang: str, rng: np.random.Generator) -> bool:
+    row = _pick_row(src.rows[(group, lang)], rng)
+    return batch.add(group, lang, lang, row, row)
+
+
+def _add_xy(batch: Batch, src: SourceIndex, group: int, rng: np.random.Generator) -> bool:
+    glangs = src.group_langs[group]
+    ql = glangs[int(rng.integers(len(glangs)))]
+    others = [l for l in glangs if l != ql]
+    pl = others[int(rng.integers(len(others)))]
+    return batch.add(group, ql, pl, _pick_row(src.rows[(group, ql)], rng), _pick_row(src.rows[(group, pl)], rng))
+
+
+def _add_negatives(batch: Batch, src: SourceIndex, rng: np.random.Generator) -> None:
+    """Per triplet, a row in its passage language, of a group not in the batch, with a new passage text."""
     outside: dict[str, np.ndarray] = {}   # lang -> rows whose group is not in the batch
-    members = np.fromiter(batch_groups, dtype=np.int64)
-    for lang in passage_langs:
+    members = np.asarray(batch.groups, dtype=np.int64)
+    for lang in batch.plangs:
         if lang not in outside:
             rows, gidx = src.lang_rows[lang]
             outside[lang] = rows[~np.isin(gidx, members)]
-        ok = outside[lang]
-        if len(ok) == 0:
-            raise ValueError(f"source {src.name}, language {lang}: no row outside the batch to use as "
-                             "extra negative; set train.extra_negatives: 0 or add data")
-        out.append(int(ok[rng.integers(len(ok))]))
-    return out
+        row = _new_passage_row(batch, outside[lang], rng)
+        if row is None:
+            raise BadInput(f"source {src.name}, language {lang}: no row outside the batch with a passage "
+                           "text not in it, to use as extra negative; set train.extra_negatives: 0 or add data")
+        batch.negatives.append(row)
+        batch.passage_texts.add(batch.texts.passage[row])
+
+
+def _new_passage_row(batch: Batch, rows: np.ndarray, rng: np.random.Generator, tries: int = 20) -> int | None:
+    """A uniform draw among `rows` whose passage text is not in the batch (None if there is none)."""
+    if len(rows) == 0:
+        return None
+    for _ in range(tries):   # rejection: cheap while repeated texts are rare
+        row = int(rows[rng.integers(len(rows))])
+        if batch.is_new_passage(row):
+            return row
+    new = rows[np.fromiter((batch.is_new_passage(int(r)) for r in rows), dtype=bool, count=len(rows))]
+    return int(new[rng.integers(len(new))]) if len(new) else None
 
 
 def keep_group_fraction(pairs: pd.DataFrame, fraction: float, split: str = "train") -> pd.DataFrame:
@@ -239,7 +320,7 @@ def keep_group_fraction(pairs: pd.DataFrame, fraction: float, split: str = "trai
     the same for every strategy and seed, so a data-size sweep compares like with like.
     """
     if not 0 < fraction <= 1:
-        raise ValueError(f"group fraction {fraction} must be in (0, 1]")
+        raise BadInput(f"group fraction {fraction} must be in (0, 1]")
     rows = pairs[pairs["split"] == split]
     keep: list[str] = []
     for _, part in rows.groupby("source", sort=True):
@@ -258,19 +339,21 @@ def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float | None, ba
     `group_fraction` < 1 draws from only that share of each source's groups (keep_group_fraction).
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy {strategy!r} unknown; allowed: {', '.join(STRATEGIES)}")
+        raise BadInput(f"strategy {strategy!r} unknown; allowed: {', '.join(STRATEGIES)}")
     if strategy == "hybrid" and not (alpha is not None and 0.0 <= alpha <= 1.0):
-        raise ValueError(f"train.alpha = {alpha} must be in [0, 1]")
+        raise BadInput(f"train.alpha = {alpha} must be in [0, 1]")
     if batch_size < 2 or steps < 1:
-        raise ValueError(f"train.batch_size = {batch_size} must be >= 2 and train.steps = {steps} >= 1")
+        raise BadInput(f"train.batch_size = {batch_size} must be >= 2 and train.steps = {steps} >= 1")
     if extra_negatives not in (0, 1):
-        raise ValueError(f"train.extra_negatives = {extra_negatives} must be 0 or 1")
+        raise BadInput(f"train.extra_negatives = {extra_negatives} must be 0 or 1")
+    check_pairs(pairs)
+    texts = TextIds.of(pairs)   # of every row: row ids index it (row_id = row index)
     if group_fraction < 1:
         pairs = keep_group_fraction(pairs, group_fraction, split)
     index = index_sources(pairs, split, langs)
     if not index:
-        raise ValueError(f"the pairs table has no rows with split == {split!r}"
-                         + (f" in languages {langs}" if langs else ""))
+        raise BadInput(f"the pairs table has no rows with split == {split!r}"
+                       + (f" in languages {langs}" if langs else ""))
     pools = build_pools(index, batch_size)
     for line in pools.left_out:
         (log or _stderr)(f"batches: left out {line}")
@@ -281,7 +364,7 @@ def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float | None, ba
     for kind, need in needed.items():
         if need and not eligible[kind]:
             sizes = {n: s.size for n, s in index.items()}
-            raise ValueError(
+            raise BadInput(
                 f"no source can give a {kind} batch of {batch_size} distinct groups from split "
                 f"{split!r} (groups per source: {sizes}); lower train.batch_size or add data"
                 + (" with at least two languages per group" if kind == "xy" else ""))
@@ -298,35 +381,24 @@ def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float | None, ba
         w = weights[kind]
         source = names[int(rng.choice(len(names), p=w / w.sum()))]
         src = index[source]
+        batch = Batch(texts)
         if kind == "xx_mono":
             lang_names = sorted(pools.xx[source])
             lang = lang_names[int(rng.integers(len(lang_names)))]
-            groups = pools.xx[source][lang].take(batch_size, rng)
-            qlangs = plangs = [lang] * batch_size
-            qrows = [_pick_row(src.rows[(g, lang)], rng) for g in groups]
-            prows = qrows
+            pools.xx[source][lang].take(batch_size, rng, lambda g: _add_xx(batch, src, g, lang, rng))
         else:
-            groups = pools.xy[source].take(batch_size, rng)
-            qlangs, plangs, qrows, prows = [], [], [], []
-            for g in groups:
-                glangs = src.group_langs[g]
-                ql = glangs[int(rng.integers(len(glangs)))]
-                others = [l for l in glangs if l != ql]
-                pl = others[int(rng.integers(len(others)))]
-                qlangs.append(ql)
-                plangs.append(pl)
-                qrows.append(_pick_row(src.rows[(g, ql)], rng))
-                prows.append(_pick_row(src.rows[(g, pl)], rng))
+            pools.xy[source].take(batch_size, rng, lambda g: _add_xy(batch, src, g, rng))
         if extra_negatives:
-            negs.extend(_negatives(src, plangs, set(groups), rng))
+            _add_negatives(batch, src, rng)
+            negs.extend(batch.negatives)
         cols["batch_id"].extend([b] * batch_size)
         cols["batch_type"].extend([kind] * batch_size)
         cols["source"].extend([source] * batch_size)
-        cols["group_id"].extend(src.group_ids[g] for g in groups)
-        cols["query_lang"].extend(qlangs)
-        cols["passage_lang"].extend(plangs)
-        cols["query_row"].extend(qrows)
-        cols["passage_row"].extend(prows)
+        cols["group_id"].extend(src.group_ids[g] for g in batch.groups)
+        cols["query_lang"].extend(batch.qlangs)
+        cols["passage_lang"].extend(batch.plangs)
+        cols["query_row"].extend(batch.qrows)
+        cols["passage_row"].extend(batch.prows)
     table = pd.DataFrame({f.name: pd.array(cols[f.name], dtype="int64" if f.type == pa.int64() else object)
                           for f in BATCH_SCHEMA})
     if extra_negatives:
@@ -356,14 +428,14 @@ def read_batches(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The batch table and the settings it was built with (strategy, seed, ...)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"batch table {path} not found (run `hybridir batches` first)")
+        raise MissingInput(f"batch table {path} not found (run `hybridir batches` first)")
     arrow = pq.read_table(path)
     meta = arrow.schema.metadata or {}
     if METADATA_KEY not in meta:
-        raise ValueError(f"{path} has no {METADATA_KEY.decode()} metadata: not written by `hybridir batches`")
+        raise BadInput(f"{path} has no {METADATA_KEY.decode()} metadata: not written by `hybridir batches`")
     missing = [f.name for f in BATCH_SCHEMA if f.name not in arrow.column_names]
     if missing:
-        raise ValueError(f"batch table {path} lacks columns {missing}")
+        raise BadInput(f"batch table {path} lacks columns {missing}")
     return arrow.to_pandas(), json.loads(meta[METADATA_KEY])
 
 

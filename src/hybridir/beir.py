@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
+from .errors import BadInput, MissingInput
 from .search import make_pool, normalise, score_blocks, top_k
 from .sources import find, load_registry, local_path
 
@@ -62,11 +63,11 @@ class BeirData:
 def beir_zip(raw_dir: str | Path, name: str) -> Path:
     """Where the fetch stage put `<name>.zip` (sources.tsv role eval:beir-en)."""
     if name not in DATASETS:
-        raise ValueError(f"unknown BEIR dataset {name!r}; one of {list(DATASETS)}")
+        raise BadInput(f"unknown BEIR dataset {name!r}; one of {list(DATASETS)}")
     source = find([s for s in load_registry() if s.role == ROLE], f"/{name}.zip")
     path = local_path(raw_dir, source)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; run `hybridir fetch --out {raw_dir}` first")
+        raise MissingInput(f"{path} is missing; run `hybridir fetch --out {raw_dir}` first")
     return path
 
 
@@ -74,7 +75,7 @@ def _jsonl(archive: zipfile.ZipFile, member: str) -> list[dict[str, Any]]:
     try:
         raw = archive.read(member)
     except KeyError:
-        raise ValueError(f"{archive.filename} has no {member}; is it a BEIR dataset zip?") from None
+        raise BadInput(f"{archive.filename} has no {member}; is it a BEIR dataset zip?") from None
     return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
 
 
@@ -89,7 +90,7 @@ def read_beir(zip_path: str | Path, split: str = "test") -> BeirData:
             qrels = pd.read_csv(io.BytesIO(archive.read(f"{name}/qrels/{split}.tsv")), sep="\t",
                                 dtype={"query-id": str, "corpus-id": str, "score": np.int64})
         except KeyError:
-            raise ValueError(f"{zip_path} has no {name}/qrels/{split}.tsv") from None
+            raise BadInput(f"{zip_path} has no {name}/qrels/{split}.tsv") from None
     docs = pd.DataFrame({"doc_id": [str(d["_id"]) for d in corpus],
                          "text": [f"{d.get('title') or ''} {d.get('text') or ''}".strip() for d in corpus]})
     qrels = qrels.rename(columns={"query-id": "qid", "corpus-id": "doc_id"})[["qid", "doc_id", "score"]]
@@ -98,10 +99,10 @@ def read_beir(zip_path: str | Path, split: str = "test") -> BeirData:
     test = all_queries[all_queries["qid"].isin(set(qrels["qid"]))].reset_index(drop=True)
     missing = set(qrels["qid"]) - set(test["qid"])
     if missing:
-        raise ValueError(f"{zip_path}: qrels/{split}.tsv names queries missing from queries.jsonl, "
-                         f"e.g. {sorted(missing)[0]!r}")
+        raise BadInput(f"{zip_path}: qrels/{split}.tsv names queries missing from queries.jsonl, "
+                       f"e.g. {sorted(missing)[0]!r}")
     if docs["doc_id"].duplicated().any():
-        raise ValueError(f"{zip_path}: duplicate corpus id {docs['doc_id'][docs['doc_id'].duplicated()].iloc[0]!r}")
+        raise BadInput(f"{zip_path}: duplicate corpus id {docs['doc_id'][docs['doc_id'].duplicated()].iloc[0]!r}")
     return BeirData(name, docs, test, qrels.reset_index(drop=True))
 
 

@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import UserError
+
 # subcommand -> module of hybridir that registers it (and holds the stage's code)
 COMMANDS = {
     "fetch": "fetch", "eval-data": "evaldata", "train-data": "traindata",
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             if os.environ.get("DVC_STAGE") and args.command != "dvc-yaml":
                 _check_dvc_yaml(args.params)
         code = int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
+    except UserError as exc:   # bad input the user can fix: one line; anything else is a bug, with traceback
         print(f"hybridir {args.command}: error: {exc}", file=sys.stderr)
         return 2
     if os.environ.get(TRACE_ENV):

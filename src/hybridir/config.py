@@ -9,11 +9,13 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .errors import BadInput
+
 SECTIONS = ("data", "encoder", "evaluate", "train", "experiments")
 
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     pass
 
 

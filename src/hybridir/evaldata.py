@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from .atomic import atomic_path
+from .errors import BadInput, MissingInput
 from .sources import find, load_registry, local_path
 
 DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -51,12 +52,12 @@ class EvalTables:
 def dataset_langs(dataset: str, eval_langs: list[str] | None = None) -> list[str]:
     """The languages of `dataset`, restricted to `eval_langs` when given (order of the dataset)."""
     if dataset not in DATASETS:
-        raise ValueError(f"unknown evaluation dataset {dataset!r}; known: {sorted(DATASETS)}")
+        raise BadInput(f"unknown evaluation dataset {dataset!r}; known: {sorted(DATASETS)}")
     langs = [lang for lang in DATASETS[dataset][1] if eval_langs is None or lang in eval_langs]
     if not langs:
-        raise ValueError(f"data.eval_langs {eval_langs} contains no language of {dataset} "
-                         f"({', '.join(DATASETS[dataset][1])}); add one or drop {dataset} "
-                         "from data.eval_datasets")
+        raise BadInput(f"data.eval_langs {eval_langs} contains no language of {dataset} "
+                       f"({', '.join(DATASETS[dataset][1])}); add one or drop {dataset} "
+                       "from data.eval_datasets")
     return langs
 
 
@@ -68,18 +69,18 @@ def raw_file(raw_dir: str | Path, dataset: str, lang: str) -> Path:
 def read_squad_json(path: Path) -> list[dict[str, Any]]:
     """The paragraphs of a SQuAD-format file, with a clear error for a missing or damaged file."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; run `hybridir fetch` to download the raw data")
+        raise MissingInput(f"{path} is missing; run `hybridir fetch` to download the raw data")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON (truncated or corrupt download?): {exc}; "
-                         "delete it and run `hybridir fetch` again") from exc
+        raise BadInput(f"{path} is not valid JSON (truncated or corrupt download?): {exc}; "
+                       "delete it and run `hybridir fetch` again") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise ValueError(f"{path}: expected a SQuAD-format object with a 'data' list")
+        raise BadInput(f"{path}: expected a SQuAD-format object with a 'data' list")
     try:
         return [para for article in doc["data"] for para in article["paragraphs"]]
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: every item of 'data' needs a 'paragraphs' list ({exc!r})") from exc
+        raise BadInput(f"{path}: every item of 'data' needs a 'paragraphs' list ({exc!r})") from exc
 
 
 def answer_sentence(breaks: list[list[int]], answer_start: int) -> int | None:
@@ -101,9 +102,9 @@ def parse_language(path: Path, lang: str) -> tuple[list[dict], list[dict], list[
         try:
             sentences, breaks, qas = para["sentences"], para["sentence_breaks"], para["qas"]
         except KeyError as exc:
-            raise ValueError(f"{where} lacks field {exc} (is this LAReQA's -r version of the data?)") from exc
+            raise BadInput(f"{where} lacks field {exc} (is this LAReQA's -r version of the data?)") from exc
         if len(sentences) != len(breaks) or not sentences:
-            raise ValueError(f"{where}: {len(sentences)} sentences but {len(breaks)} sentence_breaks")
+            raise BadInput(f"{where}: {len(sentences)} sentences but {len(breaks)} sentence_breaks")
         context_id = f"{lang}/c{p_index:04d}"
         first = len(candidates)
         for sentence in sentences:
@@ -113,14 +114,14 @@ def parse_language(path: Path, lang: str) -> tuple[list[dict], list[dict], list[
             try:
                 qid, question, start = str(qa["id"]), qa["question"], int(qa["answers"][0]["answer_start"])
             except (KeyError, IndexError, TypeError, ValueError) as exc:
-                raise ValueError(f"{where}: question lacks id/question/answers[0].answer_start ({exc!r})") from exc
+                raise BadInput(f"{where}: question lacks id/question/answers[0].answer_start ({exc!r})") from exc
             if qid in seen:
-                raise ValueError(f"{path}: question id {qid} occurs twice")
+                raise BadInput(f"{path}: question id {qid} occurs twice")
             seen.add(qid)
             index = answer_sentence(breaks, start)
             if index is None:
-                raise ValueError(f"{where}: answer_start {start} of question {qid} lies outside every "
-                                 "sentence_breaks span")
+                raise BadInput(f"{where}: answer_start {start} of question {qid} lies outside every "
+                               "sentence_breaks span")
             queries.append({"lang": lang, "qid": qid, "text": question.strip()})
             qrels.append({"qid": qid, "lang": lang, "cid": candidates[first + index]["cid"]})
     return queries, candidates, qrels
@@ -151,8 +152,8 @@ def build_dataset(raw_dir: str | Path, dataset: str, eval_langs: list[str] | Non
         n_langs = queries["lang"].nunique()
         if (per_qid != n_langs).any():
             bad = per_qid[per_qid != n_langs].index[:5].tolist()
-            raise ValueError(f"xquad_r: question ids {bad} are missing in some language files "
-                             f"under {raw_dir}; XQuAD-R must be {n_langs}-way parallel")
+            raise BadInput(f"xquad_r: question ids {bad} are missing in some language files "
+                           f"under {raw_dir}; XQuAD-R must be {n_langs}-way parallel")
     if max_queries_per_lang is not None:
         # qrels keep every language of a kept question: cross-lingual and multilingual cells need them
         queries = subsample_queries(queries, max_queries_per_lang, seed)

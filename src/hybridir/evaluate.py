@@ -43,6 +43,7 @@ from . import metrics as M
 from .atomic import atomic_outputs
 from .encode import Embeddings, read_embeddings, read_table
 from .evaldata import EvalTables
+from .errors import BadInput
 from .search import Pool, make_pool, normalise, search
 
 RUN_TAG = "hybridir"
@@ -62,33 +63,33 @@ def check_tables(t: EvalTables, where: Path | str = "evaluation tables") -> None
     """Unique query and candidate ids; every qrels row names a candidate of its own language."""
     dup_q = t.queries.duplicated()
     if dup_q.any():
-        raise ValueError(f"{where}/queries.parquet: duplicate (lang, qid) "
-                         f"{t.queries[dup_q].iloc[0].tolist()}")
+        raise BadInput(f"{where}/queries.parquet: duplicate (lang, qid) "
+                       f"{t.queries[dup_q].iloc[0].tolist()}")
     dup_c = t.candidates["cid"].duplicated()
     if dup_c.any():
-        raise ValueError(f"{where}/candidates.parquet: duplicate cid {t.candidates['cid'][dup_c].iloc[0]!r}")
+        raise BadInput(f"{where}/candidates.parquet: duplicate cid {t.candidates['cid'][dup_c].iloc[0]!r}")
     lang_of = t.candidates.set_index("cid")["lang"]
     known = t.qrels["cid"].isin(lang_of.index)
     if not known.all():
-        raise ValueError(f"{where}/qrels.parquet: cid {t.qrels['cid'][~known].iloc[0]!r} is not in "
-                         "candidates.parquet; rebuild with `hybridir eval-data`")
+        raise BadInput(f"{where}/qrels.parquet: cid {t.qrels['cid'][~known].iloc[0]!r} is not in "
+                       "candidates.parquet; rebuild with `hybridir eval-data`")
     wrong = lang_of.loc[t.qrels["cid"]].to_numpy() != t.qrels["lang"].to_numpy()
     if wrong.any():
-        raise ValueError(f"{where}/qrels.parquet: row {t.qrels[wrong].iloc[0].tolist()} names a "
-                         "candidate of another language; rebuild with `hybridir eval-data`")
+        raise BadInput(f"{where}/qrels.parquet: row {t.qrels[wrong].iloc[0].tolist()} names a "
+                       "candidate of another language; rebuild with `hybridir eval-data`")
 
 
 def _rows_of(ids: pd.DataFrame, wanted: pd.DataFrame, keys: list[str], what: str) -> np.ndarray:
     """Row numbers in `ids` of each row of `wanted` (matched on `keys`); the two must hold the same set."""
     if len(ids) != len(wanted) or ids.duplicated(keys).any():
-        raise ValueError(f"the {what} embeddings ({len(ids)} rows) do not match the evaluation tables "
-                         f"({len(wanted)} rows); re-run `hybridir encode` on these tables")
+        raise BadInput(f"the {what} embeddings ({len(ids)} rows) do not match the evaluation tables "
+                       f"({len(wanted)} rows); re-run `hybridir encode` on these tables")
     index = pd.MultiIndex.from_frame(ids[keys]) if len(keys) > 1 else pd.Index(ids[keys[0]])
     target = pd.MultiIndex.from_frame(wanted[keys]) if len(keys) > 1 else pd.Index(wanted[keys[0]])
     rows = index.get_indexer(target)
     if (rows < 0).any():
-        raise ValueError(f"{what} {wanted[keys][rows < 0].iloc[0].tolist()} has no embedding; re-run "
-                         "`hybridir encode` on these evaluation tables")
+        raise BadInput(f"{what} {wanted[keys][rows < 0].iloc[0].tolist()} has no embedding; re-run "
+                       "`hybridir encode` on these evaluation tables")
     return rows
 
 

@@ -15,12 +15,13 @@ import urllib.request
 from pathlib import Path
 
 from .atomic import atomic_path
+from .errors import CannotRun, MissingInput, UserError
 from .sources import Source, load_registry
 
 DEFAULT_MIRROR = Path("..") / "shared" / "mirror"
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(UserError, RuntimeError):
     pass
 
 
@@ -37,8 +38,8 @@ def resolve_mirror(explicit: str | None = None) -> Path | None:
         if candidate:
             path = Path(candidate)
             if not path.is_dir():
-                raise FileNotFoundError(f"mirror directory {path} does not exist "
-                                        "(check --mirror / HYBRIDIR_MIRROR)")
+                raise MissingInput(f"mirror directory {path} does not exist "
+                                   "(check --mirror / HYBRIDIR_MIRROR)")
             return path
     return DEFAULT_MIRROR if DEFAULT_MIRROR.is_dir() else None
 
@@ -58,7 +59,7 @@ def fetch_one(source: Source, dest: Path, mirror: Path | None) -> str:
                     shutil.copyfileobj(resp, out)
             except OSError as exc:  # URLError, timeouts: offline machines land here
                 where = f"no copy at {cached}" if cached else "no mirror (set HYBRIDIR_MIRROR or --mirror)"
-                raise RuntimeError(f"cannot download {source.url} ({exc}); {where}") from exc
+                raise CannotRun(f"cannot download {source.url} ({exc}); {where}") from exc
         actual = sha256_of(tmp)
         if actual != source.sha256:
             raise ChecksumError(

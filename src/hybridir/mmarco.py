@@ -27,6 +27,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .errors import BadInput
+
 SOURCE = "mmarco"
 HUB_REPO = "unicamp-dl/mmarco"
 REVISION = "6d039c4638c0ba3e46a9cb7b498b145e7edc6230"   # the hub repository's main branch, pinned
@@ -52,7 +54,7 @@ def collection_file(lang: str) -> str:
 
 def _name(lang: str) -> str:
     if lang not in LANG_NAMES:
-        raise ValueError(f"mMARCO has no language {lang!r}; available: {', '.join(sorted(LANG_NAMES))}")
+        raise BadInput(f"mMARCO has no language {lang!r}; available: {', '.join(sorted(LANG_NAMES))}")
     return LANG_NAMES[lang]
 
 
@@ -99,11 +101,11 @@ def mmarco_pairs(langs: list[str] | tuple[str, ...] = PAPER_LANGS, *, max_querie
     the pinned hub revision is read over hf://.
     """
     if not 0 <= valid_fraction < 1:
-        raise ValueError(f"valid_fraction = {valid_fraction} must be in [0, 1)")
+        raise BadInput(f"valid_fraction = {valid_fraction} must be in [0, 1)")
     base = str(root) if root is not None else hub_root(revision)
     positives = select_queries(base, max_queries)
     if not positives:
-        raise ValueError(f"no training triples found in {base}/{TRIPLES}")
+        raise BadInput(f"no training triples found in {base}/{TRIPLES}")
     qids = list(positives)
     rng = np.random.Generator(np.random.PCG64(seed))
     n_valid = int(round(valid_fraction * len(qids)))

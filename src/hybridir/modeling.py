@@ -26,6 +26,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .errors import BadInput, CannotRun, MissingInput
+
 SETTINGS_FILE = "hybridir.json"
 PRECISIONS = ("fp32", "bf16", "int8")
 POOLINGS = ("mean", "cls")
@@ -60,10 +62,10 @@ def load_encoder(model_dir: str | Path) -> tuple[Any, torch.nn.Module]:
     model_dir = Path(model_dir)
     fix = "re-run `hybridir import-encoder` (base encoder) or the training stage that wrote it"
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"encoder directory {model_dir} does not exist: {fix}")
+        raise MissingInput(f"encoder directory {model_dir} does not exist: {fix}")
     missing = _missing_files(model_dir)
     if missing:
-        raise FileNotFoundError(f"encoder directory {model_dir} lacks {', '.join(missing)}: {fix}")
+        raise MissingInput(f"encoder directory {model_dir} lacks {', '.join(missing)}: {fix}")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
     # Encoders here are used for their hidden states; skip the (unused, often absent) pooler.
@@ -76,7 +78,7 @@ def read_settings(model_dir: str | Path) -> dict[str, Any]:
     """The embedding recipe stored beside the weights (query_prefix, passage_prefix, pooling, ...)."""
     path = Path(model_dir) / SETTINGS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: re-run `hybridir import-encoder` for this encoder")
+        raise MissingInput(f"{path} not found: re-run `hybridir import-encoder` for this encoder")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -87,7 +89,7 @@ def pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor, pooling:
         return (last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
     if pooling == "cls":
         return last_hidden_state[:, 0]
-    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    raise BadInput(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
 def length_buckets(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -162,7 +164,7 @@ def smooth_for_int8(model: torch.nn.Module, tokenizer: Any, alpha: float = SMOOT
     intermediates = [(n, m.dense) for n, m in smoothed.named_modules()
                      if n.endswith("intermediate") and isinstance(getattr(m, "dense", None), torch.nn.Linear)]
     if not attentions or len(intermediates) != len(attentions):
-        raise ValueError("precision int8 supports BERT-style encoders (bert, xlm-roberta); use fp32")
+        raise BadInput("precision int8 supports BERT-style encoders (bert, xlm-roberta); use fp32")
     watched = {id(m.self.query): f"{n}.qkv" for n, m in attentions}
     watched.update({id(m.output.dense): f"{n}.out" for n, m in attentions})
     watched.update({id(lin): f"{n}.ffn_in" for n, lin in intermediates})
@@ -223,8 +225,8 @@ def onnx_runner(model: torch.nn.Module, tokenizer: Any, *, int8: bool = True, sm
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise RuntimeError("precision int8 needs the onnx and onnxruntime packages "
-                           "(pip install onnx onnxruntime), or use precision fp32") from exc
+        raise CannotRun("precision int8 needs the onnx and onnxruntime packages "
+                        "(pip install onnx onnxruntime), or use precision fp32") from exc
     source = smooth_for_int8(model, tokenizer) if smooth else copy.deepcopy(model).float().eval()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -265,12 +267,12 @@ def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, pr
                  precision: str = "fp32", progress: bool = False) -> np.ndarray:
     """Embed `texts` (each prefixed) -> float32 [len(texts), hidden], L2-normalised, in input order."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise BadInput(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not texts:
         return np.zeros((0, model.config.hidden_size), dtype=np.float32)
     device_type = next(model.parameters()).device.type
     if precision == "int8" and device_type != "cpu":
-        raise ValueError("precision int8 runs on the CPU only: move the model to the CPU or use fp32/bf16")
+        raise BadInput("precision int8 runs on the CPU only: move the model to the CPU or use fp32/bf16")
     run = _int8_runner(model, tokenizer) if precision == "int8" else torch_runner(model)
     autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with autocast:
@@ -283,9 +285,9 @@ def encode_with(run: Runner, tokenizer: Any, texts: list[str], *, prefix: str, p
                 progress: bool = False) -> np.ndarray:
     """`encode_texts` for any Runner; bucketing=False keeps input order in batches (benchmarks only)."""
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        raise BadInput(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise BadInput(f"batch_size must be >= 1, got {batch_size}")
     texts = list(texts)
     if not texts:
         dim = run(*pad_batch([tokenizer("")["input_ids"]], 0)).shape[-1]

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_outputs
+from .errors import BadInput, MissingInput
 from .pipeline import Run, Stage, ident, make_run, num, param_values, stages
 
 DATASET_LABELS = {"xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R"}
@@ -112,7 +113,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); re-run the stage that wrote it") from exc
+        raise BadInput(f"{path} is not valid JSON ({exc}); re-run the stage that wrote it") from exc
 
 
 def _value(x: Any) -> float:
@@ -151,7 +152,7 @@ def load_results(results: str | Path, grid: Grid, datasets: Sequence[str]) -> Re
     if missing:
         shown = "\n".join(f"  {p}  <- {how}" for p, how in missing[:20])
         more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{len(missing)} result file(s) for the experiments configured in params `experiments` are "
             f"missing:\n{shown}{more}\nproduce them with `snakemake --cores 2` or `dvc repro` (or drop the "
             "experiment from params)")
@@ -166,7 +167,7 @@ def load_results(results: str | Path, grid: Grid, datasets: Sequence[str]) -> Re
                 table = pd.read_parquet(path)
                 absent = [c for c in columns if c not in table.columns]
                 if absent:
-                    raise ValueError(f"{path} lacks columns {absent}; re-run `hybridir evaluate`")
+                    raise BadInput(f"{path} lacks columns {absent}; re-run `hybridir evaluate`")
                 out.per_query[tag, ds] = table[columns]
     for tag in grid.main_tags():
         for name in grid.beir:

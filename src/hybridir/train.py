@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from .atomic import atomic_path
 from .batches import build_batches, pairs_fingerprint, read_batches, read_pairs
+from .errors import BadInput, CannotRun, MissingInput
 
 SPEC_FILE = "hybridir.json"
 VALID_SEED = 20240820          # fixed: every run is selected on the same validation batches
@@ -93,10 +94,10 @@ def iter_batches(table: pd.DataFrame) -> Iterator[Batch]:
     """The table's batches in batch_id order (0, 1, ...), triplets in table order."""
     ids = table["batch_id"].to_numpy()
     if len(ids) == 0:
-        raise ValueError("the batch table is empty")
+        raise BadInput("the batch table is empty")
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     if not np.array_equal(ids[starts], np.arange(len(starts))):
-        raise ValueError("batch table rows must be grouped by batch_id = 0, 1, 2, ... in order")
+        raise BadInput("batch table rows must be grouped by batch_id = 0, 1, 2, ... in order")
     ends = np.r_[starts[1:], len(ids)]
     neg = table["negative_row"].to_numpy(np.int64) if "negative_row" in table.columns else None
     q = table["query_row"].to_numpy(np.int64)
@@ -110,12 +111,12 @@ def read_spec(model_dir: str | Path) -> dict[str, str]:
     """Prefixes and pooling of an encoder directory (hybridir.json, written by the import stage)."""
     path = Path(model_dir) / SPEC_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the encoder directory must come from "
-                                "`hybridir import-encoder` (it records prefixes and pooling)")
+        raise MissingInput(f"{path} not found: the encoder directory must come from "
+                           "`hybridir import-encoder` (it records prefixes and pooling)")
     spec = json.loads(path.read_text(encoding="utf-8"))
     missing = [k for k in ("query_prefix", "passage_prefix", "pooling") if k not in spec]
     if missing:
-        raise ValueError(f"{path} lacks keys {missing}")
+        raise BadInput(f"{path} lacks keys {missing}")
     return spec
 
 
@@ -131,8 +132,8 @@ def validation_table(pairs: pd.DataFrame, *, batch_size: int, n_batches: int, la
         except ValueError as exc:
             errors.append(f"{kind}: {exc}")
     if not parts:
-        raise ValueError("cannot build validation batches from split == 'valid': " + "; ".join(errors)
-                         + " (raise data.valid_fraction or lower train.batch_size)")
+        raise BadInput("cannot build validation batches from split == 'valid': " + "; ".join(errors)
+                       + " (raise data.valid_fraction or lower train.batch_size)")
     if errors and log:
         log("train: validation uses one batch type only: " + "; ".join(errors))
     if len(parts) == 1:   # one type impossible (e.g. only single-language sources): all of the other
@@ -240,7 +241,7 @@ def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batc
     """This rank's loss on `batch` (its shard of the queries against the whole batch's candidates)."""
     n = len(batch.query_rows)
     if n % dist.world:
-        raise ValueError(f"batch of {n} triplets does not split evenly over {dist.world} ranks")
+        raise BadInput(f"batch of {n} triplets does not split evenly over {dist.world} ranks")
     k = n // dist.world
     shard = slice(dist.rank * k, (dist.rank + 1) * k)
     amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
@@ -349,8 +350,8 @@ def train_loop(model: torch.nn.Module, tokenizer: Any, *, texts: Texts, batches:
         sched.step()
         value = dist.mean(float(loss.detach()))
         if not math.isfinite(value):
-            raise RuntimeError(f"training loss is {value} at step {i + 1} (batch {batch.batch_id}); "
-                               "lower train.lr or use train.precision: fp32")
+            raise CannotRun(f"training loss is {value} at step {i + 1} (batch {batch.batch_id}); "
+                            "lower train.lr or use train.precision: fp32")
         train_seconds += time.perf_counter() - t
         tokens += n_tok * dist.world
         step = i + 1
@@ -407,17 +408,17 @@ def check_batches(table: pd.DataFrame, settings: dict[str, Any], pairs: pd.DataF
                   path: str) -> None:
     """The batch table must belong to these pairs and these params (else it is stale)."""
     if settings.get("pairs_fingerprint") != pairs_fingerprint(pairs):
-        raise ValueError(f"{path} was built from a different pairs table; rebuild it with `hybridir batches`")
+        raise BadInput(f"{path} was built from a different pairs table; rebuild it with `hybridir batches`")
     for key in ("batch_size", "steps", "extra_negatives"):
         if settings.get(key) != tp[key]:
-            raise ValueError(f"{path} was built with {key} = {settings.get(key)} but train.{key} = {tp[key]}; "
-                             "rebuild it with `hybridir batches`")
+            raise BadInput(f"{path} was built with {key} = {settings.get(key)} but train.{key} = {tp[key]}; "
+                           "rebuild it with `hybridir batches`")
     rows = np.concatenate([table[c].to_numpy(np.int64) for c in ("query_row", "passage_row", "negative_row")
                            if c in table.columns])
     if rows.min() < 0 or rows.max() >= len(pairs):
-        raise ValueError(f"{path} points at rows outside the pairs table")
+        raise BadInput(f"{path} points at rows outside the pairs table")
     if not (pairs["split"].to_numpy()[rows] == "train").all():
-        raise ValueError(f"{path} uses rows that are not split == 'train'")
+        raise BadInput(f"{path} uses rows that are not split == 'train'")
 
 
 def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | Path,

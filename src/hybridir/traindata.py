@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
+from .errors import BadInput, CannotRun, MissingInput
 from .evaldata import DATASETS, raw_file, read_squad_json
 from .sources import Source, find, load_registry, local_path
 
@@ -107,7 +108,7 @@ def join_units(texts: list[str], lang: str) -> str:
 def _source_file(raw_dir: Path, suffix: str, registry: list[Source]) -> Path:
     path = local_path(raw_dir, find(registry, suffix))
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; run `hybridir fetch` to download the raw data")
+        raise MissingInput(f"{path} is missing; run `hybridir fetch` to download the raw data")
     return path
 
 
@@ -126,13 +127,13 @@ def read_wmt24pp(raw_dir: Path, langs: list[str], registry: list[Source]) -> lis
                 seg, doc = int(row["segment_id"]), str(row["document_id"])
                 src, tgt, is_bad = row["source"], row["target"], bool(row["is_bad_source"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}: line {n} is not a WMT24++ record ({exc!r}); "
-                                 "delete the file and run `hybridir fetch` again") from exc
+                raise BadInput(f"{path}: line {n} is not a WMT24++ record ({exc!r}); "
+                               "delete the file and run `hybridir fetch` again") from exc
             if row.get("domain") == "canary" or doc == "canary" or is_bad:
                 bad.add(seg)
                 continue
             if doc_of.setdefault(seg, doc) != doc:
-                raise ValueError(f"{path}: segment {seg} is in document {doc}, elsewhere in {doc_of[seg]}")
+                raise BadInput(f"{path}: segment {seg} is in document {doc}, elsewhere in {doc_of[seg]}")
             unit = texts.setdefault(seg, {})
             unit.setdefault("en", clean(src))
             if lang in langs:
@@ -154,8 +155,8 @@ def read_ntrex(raw_dir: Path, langs: list[str], registry: list[Source]) -> list[
         path = _source_file(raw_dir, f"/newstest2019-{NTREX_FILES[lang]}.txt", registry)
         lines[lang] = path.read_text(encoding="utf-8").splitlines()
         if len(lines[lang]) != len(doc_ids):
-            raise ValueError(f"{path} has {len(lines[lang])} lines but {ids_path} has {len(doc_ids)}; "
-                             "NTREX files must be line-aligned (re-fetch the raw data)")
+            raise BadInput(f"{path} has {len(lines[lang])} lines but {ids_path} has {len(doc_ids)}; "
+                           "NTREX files must be line-aligned (re-fetch the raw data)")
     docs: dict[str, Document] = {}
     for i, doc_id in enumerate(doc_ids):
         doc = docs.setdefault(doc_id, Document(doc_id, [], []))
@@ -169,10 +170,10 @@ def _read_tmx(path: Path) -> list[tuple[str, dict[str, str]]]:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if n.endswith(".tmx")]
             if len(names) != 1:
-                raise ValueError(f"{path}: expected one .tmx file inside, found {names}")
+                raise BadInput(f"{path}: expected one .tmx file inside, found {names}")
             root = ET.fromstring(zf.read(names[0]))
     except (zipfile.BadZipFile, ET.ParseError) as exc:
-        raise ValueError(f"{path} is not a readable TMX zip ({exc}); delete it and run `hybridir fetch`") from exc
+        raise BadInput(f"{path} is not a readable TMX zip ({exc}); delete it and run `hybridir fetch`") from exc
     out = []
     for tu in root.iter("tu"):
         segs = {tuv.get(XML_LANG): "".join(tuv.find("seg").itertext()) for tuv in tu.iter("tuv")}
@@ -190,7 +191,7 @@ def read_tico19(raw_dir: Path, langs: list[str], registry: list[Source]) -> list
         for tuid, segs in _read_tmx(path):
             tm_lang = TICO_TM_LANG.get(lang, lang)
             if not tuid or "en" not in segs or tm_lang not in segs:
-                raise ValueError(f"{path}: translation unit {tuid!r} lacks a tuid or an en/{tm_lang} segment")
+                raise BadInput(f"{path}: translation unit {tuid!r} lacks a tuid or an en/{tm_lang} segment")
             if tuid not in units:
                 units[tuid] = {}
                 order.append(tuid)
@@ -377,11 +378,11 @@ def build_pairs(raw_dir: str | Path, data_params: dict[str, Any]) -> tuple[pd.Da
     frames = []
     for source in data_params["train_sources"]:
         if source not in SOURCES:
-            raise ValueError(f"data.train_sources: unknown source {source!r}; known: {', '.join(SOURCES)}")
+            raise BadInput(f"data.train_sources: unknown source {source!r}; known: {', '.join(SOURCES)}")
         langs = [lang for lang in SOURCE_LANGS[source] if lang in train_langs]
         if not langs:
-            raise ValueError(f"training source {source} has no language in data.train_langs {train_langs} "
-                             f"(it has {', '.join(SOURCE_LANGS[source])}); remove it from data.train_sources")
+            raise BadInput(f"training source {source} has no language in data.train_langs {train_langs} "
+                           f"(it has {', '.join(SOURCE_LANGS[source])}); remove it from data.train_sources")
         if source == "arcd":
             items, skipped = arcd_pairs(raw_dir, registry)
             clean_items = [it for it in items
@@ -405,18 +406,18 @@ def build_pairs(raw_dir: str | Path, data_params: dict[str, Any]) -> tuple[pd.Da
             docs, report.removed_units[source] = drop_overlapping_units(docs, forbidden)
             rows, report.skipped[source] = inverse_cloze_rows(source, docs, langs, context, sides, seed)
         if not rows:
-            raise ValueError(f"training source {source} gave no pairs for languages {langs}; "
-                             "remove it from data.train_sources")
+            raise BadInput(f"training source {source} gave no pairs for languages {langs}; "
+                           "remove it from data.train_sources")
         frames.append(pd.DataFrame(rows))
     pairs = pd.concat(frames, ignore_index=True)
     if pairs.duplicated(["group_id", "lang"]).any():
         dup = pairs.loc[pairs.duplicated(["group_id", "lang"]), "group_id"].iloc[0]
-        raise RuntimeError(f"group {dup} has two rows in one language (duplicate unit ids in the raw data?)")
+        raise CannotRun(f"group {dup} has two rows in one language (duplicate unit ids in the raw data?)")
     if data_params.get("max_groups_per_source"):
         pairs = cap_groups(pairs, data_params["max_groups_per_source"], seed)
     leaked = [t for t in pd.concat([pairs["query"], pairs["passage"]]) if overlaps(t, forbidden)]
     if leaked:  # cannot happen after the filters above; guards the zero-shot promise
-        raise RuntimeError(f"{len(leaked)} training texts equal evaluation text, e.g. {leaked[0]!r}")
+        raise CannotRun(f"{len(leaked)} training texts equal evaluation text, e.g. {leaked[0]!r}")
     pairs["split"] = assign_split(pairs, data_params["valid_fraction"], seed)
     pairs = pairs.sort_values(["source", "split", "group_id", "lang"], kind="stable").reset_index(drop=True)
     pairs.insert(0, "row_id", np.arange(len(pairs), dtype=np.int64))
