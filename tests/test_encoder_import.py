@@ -108,9 +108,9 @@ def test_bad_model_file_is_rejected_and_leaves_no_output(tmp_path: Path, repo: P
 
 def test_hub_source_offline_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    encoder = {"source": "hub", "hub_id": "hybridir-test/not-a-cached-model",
+    encoder = {"source": "hub", "hub_id": "hybridir-test/not-a-cached-model", "revision": "0123abc",
                "query_prefix": "query: ", "passage_prefix": "passage: ", "pooling": "mean"}
-    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):
+    with pytest.raises(RuntimeError, match="revision '0123abc'.*HF_HUB_OFFLINE"):
         import_encoder(encoder, tmp_path / "hub")
     assert not (tmp_path / "hub").exists()
 

