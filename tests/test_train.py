@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 
 from hybridir.batches import build_batches
 from hybridir.cli import main
+from hybridir.modeling import read_settings
 from hybridir.train import (Batch, Dist, Texts, TrainConfig, batch_loss, info_nce, iter_batches, lr_factor,
-                            read_spec, train_loop)
+                            train_loop)
 
 from pairs_fixture import build_pairs
 from tiny_encoder import SPEC, make_tiny_encoder
@@ -132,10 +133,10 @@ def test_train_stage_end_to_end(repo: Path, files: dict[str, Path], pairs: pd.Da
     out = d / "trained"
     assert main(["train", "--params", str(params), "--base", str(files["base"]), "--pairs", str(files["pairs"]),
                  "--batches", str(batches), "--out", str(out), "--no-progress"]) == 0
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "hybridir.json", "loss.csv", "loss.png",
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "modules.json", "loss.csv", "loss.png",
                  "train_summary.json"):
         assert (out / name).is_file(), name
-    assert read_spec(out) == SPEC
+    assert read_settings(out) == SPEC
     summary = json.loads((out / "train_summary.json").read_text())
     for key in ("steps", "best_step", "best_valid_loss", "seconds", "steps_per_s", "tokens_per_s",
                 "peak_memory_mb", "returned_base_model"):

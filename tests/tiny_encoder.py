@@ -1,7 +1,7 @@
-"""A real but tiny encoder for tests: a seeded 2-layer BERT and a WordPiece tokenizer trained on the texts."""
+"""A real but tiny encoder for tests: a seeded 2-layer BERT and a WordPiece tokenizer trained on the texts,
+saved as an encoder directory by `hybridir.modeling.save_encoder`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 SPEC = {"query_prefix": "query: ", "passage_prefix": "passage: ", "pooling": "mean"}
@@ -11,6 +11,8 @@ def make_tiny_encoder(texts: list[str], out: Path, vocab_size: int = 3000) -> Pa
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from hybridir.modeling import save_encoder
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -25,7 +27,5 @@ def make_tiny_encoder(texts: list[str], out: Path, vocab_size: int = 3000) -> Pa
     torch.manual_seed(0)
     config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
-    BertModel(config, add_pooling_layer=False).save_pretrained(out)
-    fast.save_pretrained(out)
-    (out / "hybridir.json").write_text(json.dumps(SPEC))
+    save_encoder(BertModel(config), fast, out, SPEC)
     return out

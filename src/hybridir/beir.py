@@ -9,7 +9,7 @@ queries of qrels/test.tsv (NFCorpus 323, ArguAna 1,406); the corpus is the whole
 
 Protocol (BEIR's, as in its `EvaluateRetrieval`):
 - documents are embedded as `title + " " + text` (stripped) with the model's passage prefix, queries
-  with its query prefix; prefixes and pooling come from the model directory's hybridir.json (as
+  with its query prefix; prefixes and pooling come from the model directory (`read_settings`, as
   `hybridir encode` does); texts are truncated at encoder.max_length tokens;
 - exact inner-product search over L2-normalised vectors (cosine), top 100, ties ordered as trec_eval;
 - ArguAna: a query is itself an argument in the corpus (1,298 of the 1,406), and BEIR removes a
@@ -186,8 +186,8 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
     """The whole stage: read, (sub)sample, embed, search, score; write `out` (JSON) atomically."""
     import torch
 
-    from .encode import encode_unique, encoding_settings
-    from .modeling import encode_texts, load_encoder
+    from .encode import encode_unique
+    from .modeling import encode_texts, load_encoder, read_settings
 
     t_start = time.perf_counter()
     log = log or (lambda msg: None)
@@ -196,7 +196,7 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
     data = read_beir(beir_zip(raw_dir, name))
     full_sizes = (len(data.queries), len(data.corpus))
     data = subsample(data, max_queries=max_queries, max_docs=max_docs, seed=int(params["data"]["seed"]))
-    settings = encoding_settings(model_dir, params["encoder"])
+    settings = read_settings(model_dir)
     if ev.get("threads"):
         torch.set_num_threads(int(ev["threads"]))
     tokenizer, model = load_encoder(model_dir)

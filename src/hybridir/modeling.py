@@ -27,8 +27,6 @@ import numpy as np
 import torch
 
 from .errors import BadInput, CannotRun, MissingInput
-
-SETTINGS_FILE = "hybridir.json"
 PRECISIONS = ("fp32", "bf16", "int8")
 POOLINGS = ("mean", "cls")
 _TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer.model", "vocab.txt", "spiece.model")
@@ -38,6 +36,9 @@ _FFN_OUT_NODE = re.compile(r"/layer\.\d+/output/dense/")
 SMOOTH_ALPHA = 0.7
 
 Runner = Callable[[np.ndarray, np.ndarray], torch.Tensor]  # (input_ids, attention_mask) -> hidden states
+
+
+_RECREATE = "re-run `hybridir import-encoder` (base encoder) or the training stage that wrote it"
 
 
 def _missing_files(model_dir: Path) -> list[str]:
@@ -57,29 +58,77 @@ def load_encoder(model_dir: str | Path) -> tuple[Any, torch.nn.Module]:
 
     Raises FileNotFoundError naming what is missing and how to recreate the directory.
     """
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer
 
     model_dir = Path(model_dir)
-    fix = "re-run `hybridir import-encoder` (base encoder) or the training stage that wrote it"
     if not model_dir.is_dir():
-        raise MissingInput(f"encoder directory {model_dir} does not exist: {fix}")
+        raise MissingInput(f"encoder directory {model_dir} does not exist: {_RECREATE}")
     missing = _missing_files(model_dir)
     if missing:
-        raise MissingInput(f"encoder directory {model_dir} lacks {', '.join(missing)}: {fix}")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    config = AutoConfig.from_pretrained(model_dir)
-    # Encoders here are used for their hidden states; skip the (unused, often absent) pooler.
-    kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "xlm-roberta", "roberta") else {}
-    model = AutoModel.from_pretrained(model_dir, **kwargs)
-    return tokenizer, model.eval()
+        raise MissingInput(f"encoder directory {model_dir} lacks {', '.join(missing)}: {_RECREATE}")
+    # The checkpoint is complete (pooler included, see save_encoder): loaded as saved, nothing initialised.
+    return AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
 
 
-def read_settings(model_dir: str | Path) -> dict[str, Any]:
-    """The embedding recipe stored beside the weights (query_prefix, passage_prefix, pooling, ...)."""
-    path = Path(model_dir) / SETTINGS_FILE
-    if not path.is_file():
-        raise MissingInput(f"{path} not found: re-run `hybridir import-encoder` for this encoder")
-    return json.loads(path.read_text(encoding="utf-8"))
+# ---------------------------------------------------------------- the model directory format
+#
+# An encoder directory is a standard sentence-transformers model: the transformer (config.json,
+# model.safetensors, tokenizer files) at the root, so `AutoModel.from_pretrained` and `load_encoder`
+# read it as a transformers model, then Pooling (1_Pooling/) and Normalize (2_Normalize/), and the
+# prefixes as the prompts "query" and "document" (config_sentence_transformers.json). So
+# `SentenceTransformer(dir).encode_query(texts)` / `.encode_document(texts)` embed like the pipeline.
+# ST truncates at the tokenizer's limit (the model's maximum); the pipeline's own encode length is
+# the params setting encoder.max_length, not stored here.
+
+SETTING_KEYS = ("query_prefix", "passage_prefix", "pooling")
+QUERY_PROMPT, PASSAGE_PROMPT = "query", "document"   # sentence-transformers' names (encode_query / _document)
+
+
+def save_encoder(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, settings: dict[str, str]) -> None:
+    """Write `model` + `tokenizer` at `out_dir` as a sentence-transformers directory with `settings`
+    (query_prefix, passage_prefix, pooling); the weights as safetensors."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    if settings["pooling"] not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {settings['pooling']!r}")
+    # ST builds its Transformer module from a directory only: stage the transformers files beside out_dir.
+    with tempfile.TemporaryDirectory(prefix=".hybridir-stage-", dir=Path(out_dir).parent) as stage:
+        model.save_pretrained(stage, safe_serialization=True)
+        tokenizer.save_pretrained(stage)
+        transformer = Transformer(stage)
+        st = SentenceTransformer(
+            modules=[transformer, Pooling(transformer.get_embedding_dimension(), settings["pooling"]), Normalize()],
+            prompts={QUERY_PROMPT: settings["query_prefix"], PASSAGE_PROMPT: settings["passage_prefix"]},
+            device="cpu")
+        st.save(str(out_dir), create_model_card=False, safe_serialization=True)
+
+
+def read_settings(model_dir: str | Path) -> dict[str, str]:
+    """query_prefix, passage_prefix and pooling of an encoder directory (its sentence-transformers
+    prompts and Pooling module): the one reader of them, for encode, train and the benchmarks."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    model_dir = Path(model_dir)
+    for name in ("config_sentence_transformers.json", "modules.json"):
+        if not (model_dir / name).is_file():
+            raise MissingInput(f"{model_dir / name} not found: {model_dir} is not a sentence-transformers "
+                                    f"encoder directory; {_RECREATE}")
+    try:
+        prompts = json.loads((model_dir / "config_sentence_transformers.json").read_text("utf-8"))["prompts"]
+        modules = json.loads((model_dir / "modules.json").read_text("utf-8"))
+        pooling_path = next(m["path"] for m in modules if m["type"].endswith(".Pooling"))
+        pooling = Pooling.load_config(str(model_dir), subfolder=pooling_path)["pooling_mode"]
+        settings = {"query_prefix": prompts[QUERY_PROMPT], "passage_prefix": prompts[PASSAGE_PROMPT],
+                    "pooling": pooling}
+    except (OSError, ValueError, KeyError, StopIteration, TypeError) as exc:
+        raise BadInput(f"{model_dir} is not a sentence-transformers encoder directory with "
+                         f"{QUERY_PROMPT!r}/{PASSAGE_PROMPT!r} prompts and a Pooling module "
+                         f"({exc.__class__.__name__}: {exc}): {_RECREATE}") from exc
+    if settings["pooling"] not in POOLINGS:
+        raise BadInput(f"{model_dir}: pooling {settings['pooling']!r} is not one of {POOLINGS}")
+    return settings
 
 
 def pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:

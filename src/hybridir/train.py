@@ -19,8 +19,9 @@ every train.valid_every steps and after the last step; the checkpoint with the l
 (earliest on ties) is the output. The base model is a candidate: if no step improves on it,
 the output is the base model unchanged, and train_summary.json says so (returned_base_model).
 
-Outputs in --out (atomic): the model (save_pretrained, safetensors) + tokenizer + hybridir.json
-copied from the base, loss.csv, loss.png, train_summary.json.
+Outputs in --out (atomic): the model as an encoder directory (`modeling.save_encoder`: safetensors,
+tokenizer, the base's prefixes and pooling as sentence-transformers config), loss.csv, loss.png,
+train_summary.json.
 
 Multi-GPU (minimal; the GPU/NCCL path is NOT TESTED, there is no GPU on the development machine):
 under torchrun (WORLD_SIZE > 1) every rank embeds its contiguous shard of each batch's triplets
@@ -38,7 +39,6 @@ import json
 import math
 import os
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass, asdict
@@ -54,7 +54,6 @@ from .atomic import atomic_path
 from .batches import build_batches, pairs_fingerprint, read_batches, read_pairs
 from .errors import BadInput, CannotRun, MissingInput
 
-SPEC_FILE = "hybridir.json"
 VALID_SEED = 20240820          # fixed: every run is selected on the same validation batches
 
 
@@ -105,19 +104,6 @@ def iter_batches(table: pd.DataFrame) -> Iterator[Batch]:
     kinds = table["batch_type"].to_numpy()
     for b, (s, e) in enumerate(zip(starts, ends)):
         yield Batch(b, str(kinds[s]), q[s:e], p[s:e], None if neg is None else neg[s:e])
-
-
-def read_spec(model_dir: str | Path) -> dict[str, str]:
-    """Prefixes and pooling of an encoder directory (hybridir.json, written by the import stage)."""
-    path = Path(model_dir) / SPEC_FILE
-    if not path.is_file():
-        raise MissingInput(f"{path} not found: the encoder directory must come from "
-                           "`hybridir import-encoder` (it records prefixes and pooling)")
-    spec = json.loads(path.read_text(encoding="utf-8"))
-    missing = [k for k in ("query_prefix", "passage_prefix", "pooling") if k not in spec]
-    if missing:
-        raise BadInput(f"{path} lacks keys {missing}")
-    return spec
 
 
 def validation_table(pairs: pd.DataFrame, *, batch_size: int, n_batches: int, langs: list[str] | None,
@@ -425,11 +411,13 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
                  batches_path: str | Path, out: str | Path, seed: int | None = None,
                  progress: bool = True) -> dict[str, Any]:
     """The whole stage; returns train_summary.json's content."""
+    from .modeling import load_encoder, read_settings, save_encoder
+
     log = (lambda m: print(m, file=sys.stderr))
     t0 = time.perf_counter()
     tp = params["train"]
     cfg = TrainConfig.from_params(tp)
-    spec = read_spec(base)
+    spec = read_settings(base)
     pairs = read_pairs(pairs_path)
     table, settings = read_batches(batches_path)
     check_batches(table, settings, pairs, tp, str(batches_path))
@@ -444,8 +432,6 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
     langs = params["data"].get("train_langs")
     valid_table = validation_table(pairs, batch_size=int(tp["batch_size"]), n_batches=cfg.valid_batches,
                                    langs=langs, log=log)
-    from .modeling import load_encoder
-
     tokenizer, model = load_encoder(base)
     texts = Texts(pairs, spec)
     batches = list(iter_batches(table))
@@ -455,8 +441,7 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
     with (atomic_path(out) if dist.main else contextlib.nullcontext(None)) as tmp:
         def save_best(step: int) -> None:
             if dist.main:
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
+                save_encoder(model, tokenizer, tmp, spec)
             dist.barrier()
 
         log_table, summary = train_loop(model, tokenizer, texts=texts, batches=batches, valid=valid, cfg=cfg,
@@ -473,7 +458,6 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
             "config": asdict(cfg),
         })
         if dist.main:
-            shutil.copyfile(Path(base) / SPEC_FILE, tmp / SPEC_FILE)
             log_table.to_csv(tmp / "loss.csv", index=False)
             plot_losses(log_table, summary["best_step"], tmp / "loss.png")
             (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -493,7 +477,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fine-tune the encoder on a batch table (InfoNCE, in-batch negatives)")
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--base", required=True, help="base encoder directory (with hybridir.json)")
+    p.add_argument("--base", required=True, help="base encoder directory (from `hybridir import-encoder`)")
     p.add_argument("--pairs", default="data/train/pairs.parquet")
     p.add_argument("--batches", required=True, help="batch table from `hybridir batches`")
     p.add_argument("--out", required=True, help="output model directory")
