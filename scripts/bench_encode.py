@@ -37,8 +37,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hybridir.evaldata import build_dataset  # noqa: E402
 from hybridir.fetch import resolve_mirror  # noqa: E402
-from hybridir.modeling import (  # noqa: E402
-    encode_with, load_encoder, onnx_runner, read_settings, torch_runner)
+from hybridir.encoder_dir import load_encoder, read_settings  # noqa: E402
+from hybridir.modeling import encode_with, onnx_runner, torch_runner  # noqa: E402
 
 VARIANTS = ("fp32-loop", "fp32", "bf16", "torch-int8", "onnx-fp32", "onnx-int8-plain", "int8")
 

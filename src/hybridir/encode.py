@@ -99,7 +99,8 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
     """Embed queries.parquet (query prefix) and candidates.parquet (passage prefix) of `eval_dir`."""
     import torch  # heavy imports only where the model runs
 
-    from .modeling import encode_texts, load_encoder, read_settings
+    from .encoder_dir import load_encoder, read_settings
+    from .modeling import encode_texts
 
     eval_dir = Path(eval_dir)
     queries = read_table(eval_dir / "queries.parquet", QUERY_ID_COLUMNS + ("text",))

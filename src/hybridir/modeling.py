@@ -1,23 +1,23 @@
-"""Loading an encoder directory and embedding texts with it (shared by encode, evaluate and train).
+"""Embedding texts with an encoder (shared by encode, beir and the benchmarks); the directory format
+and pooling are in encoder_dir.py.
 
-Precision values for `encode_texts` (measured with scripts/bench_encode.py, see its docstring):
+Precision values for `encode_texts` (speed: README "Speed", from scripts/bench_encode.py):
 - "fp32": plain float32 PyTorch, the reference.
-- "bf16": bfloat16 autocast. Only fast with native bf16 (AVX512-BF16/AMX CPUs, GPUs); on the
-  2-core AVX-512 development machine it is ~3x slower than fp32 (accuracy is fine).
-- "int8": ONNX Runtime, int8 weights and dynamically quantised activations, CPU only; ~1.45x the
-  fp32 throughput, embeddings within cosine 0.9995 of fp32, XQuAD-R mAP within 0.002.
-  Plain dynamic int8 (torch quantize_dynamic or ONNX Runtime) is faster still but loses up to
-  0.10 (torch) / 0.023 (ORT) multilingual mAP: BERT activations have outlier channels. So
-  outliers are first moved into the weights (SmoothQuant, alpha 0.7, calibrated on random
-  vocabulary sequences: no data involved) and the FFN output projections stay fp32. The
-  quantised session is built once per model object (~20-40 s: export + quantisation) and cached.
+- "bf16": bfloat16 autocast. Only fast with native bf16 (AVX512-BF16/AMX CPUs, GPUs); on CPUs
+  without it (the 2-core development machine) it is several times slower than fp32.
+- "int8": ONNX Runtime, int8 weights and dynamically quantised activations, CPU only; embeddings
+  within cosine 0.999 of fp32 (tests/test_modeling.py), XQuAD-R mAP within 0.005 (README "Speed").
+  Plain dynamic int8 (torch quantize_dynamic or ONNX Runtime) loses up to 0.10 (torch) / 0.023 (ORT)
+  multilingual mAP: BERT activations have outlier channels. So outliers are first moved into the
+  weights (SmoothQuant, alpha 0.7, calibrated on random vocabulary sequences: no data involved) and
+  the FFN output projections stay fp32. The quantised session is built once per model object
+  (export + quantisation, tens of seconds) and cached.
 All variants sort texts by token length into batches: on the 13,014 XQuAD-R candidates, batches
 of 64 in input order compute 1.70M token positions, length-sorted batches 0.61M (0.60M real).
 """
 from __future__ import annotations
 
 import copy
-import json
 import re
 import tempfile
 from pathlib import Path
@@ -26,119 +26,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .errors import BadInput, CannotRun, MissingInput
+from .encoder_dir import POOLINGS, pool
+from .errors import BadInput, CannotRun
+
 PRECISIONS = ("fp32", "bf16", "int8")
-POOLINGS = ("mean", "cls")
-_TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer.model", "vocab.txt", "spiece.model")
 # ONNX node names (from BERT / XLM-R module paths) of the FFN output projection, whose GELU
 # inputs quantise badly.
 _FFN_OUT_NODE = re.compile(r"/layer\.\d+/output/dense/")
 SMOOTH_ALPHA = 0.7
 
 Runner = Callable[[np.ndarray, np.ndarray], torch.Tensor]  # (input_ids, attention_mask) -> hidden states
-
-
-_RECREATE = "re-run `hybridir import-encoder` (base encoder) or the training stage that wrote it"
-
-
-def _missing_files(model_dir: Path) -> list[str]:
-    missing = []
-    if not (model_dir / "config.json").is_file():
-        missing.append("config.json")
-    if not any(model_dir.glob("*.safetensors")):
-        missing.append("model weights (*.safetensors)")
-    if not (model_dir / "tokenizer_config.json").is_file() and not any(
-            (model_dir / name).is_file() for name in _TOKENIZER_FILES):
-        missing.append("tokenizer files (tokenizer.json / tokenizer_config.json)")
-    return missing
-
-
-def load_encoder(model_dir: str | Path) -> tuple[Any, torch.nn.Module]:
-    """(tokenizer, model in eval mode) from a transformers model directory.
-
-    Raises FileNotFoundError naming what is missing and how to recreate the directory.
-    """
-    from transformers import AutoModel, AutoTokenizer
-
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise MissingInput(f"encoder directory {model_dir} does not exist: {_RECREATE}")
-    missing = _missing_files(model_dir)
-    if missing:
-        raise MissingInput(f"encoder directory {model_dir} lacks {', '.join(missing)}: {_RECREATE}")
-    # The checkpoint is complete (pooler included, see save_encoder): loaded as saved, nothing initialised.
-    return AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
-
-
-# ---------------------------------------------------------------- the model directory format
-#
-# An encoder directory is a standard sentence-transformers model: the transformer (config.json,
-# model.safetensors, tokenizer files) at the root, so `AutoModel.from_pretrained` and `load_encoder`
-# read it as a transformers model, then Pooling (1_Pooling/) and Normalize (2_Normalize/), and the
-# prefixes as the prompts "query" and "document" (config_sentence_transformers.json). So
-# `SentenceTransformer(dir).encode_query(texts)` / `.encode_document(texts)` embed like the pipeline.
-# ST truncates at the tokenizer's limit (the model's maximum); the pipeline's own encode length is
-# the params setting encoder.max_length, not stored here.
-
-SETTING_KEYS = ("query_prefix", "passage_prefix", "pooling")
-QUERY_PROMPT, PASSAGE_PROMPT = "query", "document"   # sentence-transformers' names (encode_query / _document)
-
-
-def save_encoder(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, settings: dict[str, str]) -> None:
-    """Write `model` + `tokenizer` at `out_dir` as a sentence-transformers directory with `settings`
-    (query_prefix, passage_prefix, pooling); the weights as safetensors."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Normalize, Transformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
-
-    if settings["pooling"] not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {settings['pooling']!r}")
-    # ST builds its Transformer module from a directory only: stage the transformers files beside out_dir.
-    with tempfile.TemporaryDirectory(prefix=".hybridir-stage-", dir=Path(out_dir).parent) as stage:
-        model.save_pretrained(stage, safe_serialization=True)
-        tokenizer.save_pretrained(stage)
-        transformer = Transformer(stage)
-        st = SentenceTransformer(
-            modules=[transformer, Pooling(transformer.get_embedding_dimension(), settings["pooling"]), Normalize()],
-            prompts={QUERY_PROMPT: settings["query_prefix"], PASSAGE_PROMPT: settings["passage_prefix"]},
-            device="cpu")
-        st.save(str(out_dir), create_model_card=False, safe_serialization=True)
-
-
-def read_settings(model_dir: str | Path) -> dict[str, str]:
-    """query_prefix, passage_prefix and pooling of an encoder directory (its sentence-transformers
-    prompts and Pooling module): the one reader of them, for encode, train and the benchmarks."""
-    from sentence_transformers.sentence_transformer.modules import Pooling
-
-    model_dir = Path(model_dir)
-    for name in ("config_sentence_transformers.json", "modules.json"):
-        if not (model_dir / name).is_file():
-            raise MissingInput(f"{model_dir / name} not found: {model_dir} is not a sentence-transformers "
-                                    f"encoder directory; {_RECREATE}")
-    try:
-        prompts = json.loads((model_dir / "config_sentence_transformers.json").read_text("utf-8"))["prompts"]
-        modules = json.loads((model_dir / "modules.json").read_text("utf-8"))
-        pooling_path = next(m["path"] for m in modules if m["type"].endswith(".Pooling"))
-        pooling = Pooling.load_config(str(model_dir), subfolder=pooling_path)["pooling_mode"]
-        settings = {"query_prefix": prompts[QUERY_PROMPT], "passage_prefix": prompts[PASSAGE_PROMPT],
-                    "pooling": pooling}
-    except (OSError, ValueError, KeyError, StopIteration, TypeError) as exc:
-        raise BadInput(f"{model_dir} is not a sentence-transformers encoder directory with "
-                         f"{QUERY_PROMPT!r}/{PASSAGE_PROMPT!r} prompts and a Pooling module "
-                         f"({exc.__class__.__name__}: {exc}): {_RECREATE}") from exc
-    if settings["pooling"] not in POOLINGS:
-        raise BadInput(f"{model_dir}: pooling {settings['pooling']!r} is not one of {POOLINGS}")
-    return settings
-
-
-def pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Sentence vectors [batch, hidden] from token states (not normalised; differentiable)."""
-    if pooling == "mean":
-        mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
-        return (last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-    if pooling == "cls":
-        return last_hidden_state[:, 0]
-    raise BadInput(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
 def length_buckets(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ every train.valid_every steps and after the last step; the checkpoint with the l
 (earliest on ties) is the output. The base model is a candidate: if no step improves on it,
 the output is the base model unchanged, and train_summary.json says so (returned_base_model).
 
-Outputs in --out (atomic): the model as an encoder directory (`modeling.save_encoder`: safetensors,
+Outputs in --out (atomic): the model as an encoder directory (`encoder_dir.save_encoder`: safetensors,
 tokenizer, the base's prefixes and pooling as sentence-transformers config), loss.csv, loss.png,
 train_summary.json.
 
@@ -213,7 +213,7 @@ class Texts:
 def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, max_length: int, pooling: str,
           device: torch.device) -> tuple[torch.Tensor, int]:
     """L2-normalised fp32 embeddings (differentiable) and the number of non-padding tokens."""
-    from .modeling import pool   # lazily: `hybridir batches` and the CLI do not need modeling.py
+    from .encoder_dir import pool   # lazily: `hybridir batches` and the CLI do not need torch
 
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     enc = {k: v.to(device) for k, v in enc.items()}
@@ -411,7 +411,7 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
                  batches_path: str | Path, out: str | Path, seed: int | None = None,
                  progress: bool = True) -> dict[str, Any]:
     """The whole stage; returns train_summary.json's content."""
-    from .modeling import load_encoder, read_settings, save_encoder
+    from .encoder_dir import load_encoder, read_settings, save_encoder
 
     log = (lambda m: print(m, file=sys.stderr))
     t0 = time.perf_counter()
