@@ -52,9 +52,8 @@ def main() -> int:
         tp["precision"] = args.precision
     if args.freeze_embeddings:
         tp["freeze_embeddings"] = args.freeze_embeddings == "true"
-    threads = args.threads or tp.get("threads")
-    if threads:
-        torch.set_num_threads(threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = TrainConfig.from_params(tp)
     base = Path(args.base or Path("models/base") / params["encoder"]["name"])
     spec = read_settings(base)

@@ -128,7 +128,7 @@ def stage(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) ->
     model = make_tiny_encoder(texts, root / "model", vocab_size=2000)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["encoder"]["max_length"] = 128
-    params["evaluate"].update(precision="fp32", batch_size=16, threads=None)
+    params["evaluate"].update(precision="fp32", batch_size=16)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return {"root": root, "raw": raw, "model": model, "params": root / "params.yaml"}
 

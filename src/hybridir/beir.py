@@ -198,8 +198,6 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
     full_sizes = (len(data.queries), len(data.corpus))
     data = subsample(data, max_queries=max_queries, max_docs=max_docs, seed=int(params["data"]["seed"]))
     settings = read_settings(model_dir)
-    if ev.get("threads"):
-        torch.set_num_threads(int(ev["threads"]))
     tokenizer, model = load_encoder(model_dir)
     device = "cuda" if torch.cuda.is_available() and ev["precision"] != "int8" else "cpu"
     model = model.to(device).eval()

@@ -107,8 +107,6 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
     candidates = read_table(eval_dir / "candidates.parquet", CANDIDATE_ID_COLUMNS + ("text",))
     settings = read_settings(model_dir)   # prefixes and pooling are the model's, not params
     ev = params["evaluate"]
-    if ev.get("threads"):
-        torch.set_num_threads(int(ev["threads"]))
     tokenizer, model = load_encoder(model_dir)
     # A GPU when there is one (int8 dynamic quantisation is a CPU technique: stay on the CPU).
     device = "cuda" if torch.cuda.is_available() and ev["precision"] != "int8" else "cpu"

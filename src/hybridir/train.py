@@ -73,7 +73,6 @@ class TrainConfig:
     valid_batches: int
     precision: str
     freeze_embeddings: bool
-    threads: int | None = None
 
     @classmethod
     def from_params(cls, train: dict[str, Any]) -> "TrainConfig":
@@ -424,8 +423,6 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
     seed = int(settings["seed"]) if seed is None else seed
     device, dist = setup_device()
     torch.manual_seed(seed + dist.rank)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     if device.type == "cpu" and cfg.precision == "bf16" and not cpu_has_native_bf16():
         log("train: warning: this CPU has no native bf16 (avx512_bf16 / AMX); bf16 autocast is emulated and "
             "several times slower than fp32 here: consider train.precision: fp32")

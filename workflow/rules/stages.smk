@@ -14,7 +14,8 @@ for stage in STAGES:
             # Bound here: a shell f-string would be formatted late, with the loop's last stage.
             cmd=stage.cmd,
             values=param_values(config, stage.params),
-        threads: workflow.cores if stage.group in ("train", "evaluate") else 1  # torch uses them all
+        # Snakemake exports OMP_NUM_THREADS = threads, and torch sizes its thread pool from it.
+        threads: workflow.cores if stage.group in ("train", "evaluate") else 1
         log:
             f"logs/{stage.name}.log",
         benchmark:
