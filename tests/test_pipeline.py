@@ -108,3 +108,22 @@ def test_stage_code_deps_include_what_was_missing_by_hand(repo: Path) -> None:
     for name, deps in table.items():
         assert {"cli.py", "__init__.py"} <= deps, name
         assert "pipeline.py" not in deps or name == "report", f"{name}: the stage table is not its code"
+
+
+def test_settings_reach_only_the_stages_that_use_them(repo: Path) -> None:
+    """Encoding settings never re-import or re-train; training settings never re-fetch or re-import."""
+    params = load_params(repo / "params.yaml")
+    declared = {s.name: set(s.params) for s in stages(params)}
+    upstream_of_encode = [n for n in declared if n in ("fetch", "eval_data", "train_data", "import_encoder")
+                          or n.startswith(("batches_", "train_"))]
+    encoding = {"encoder.max_length"} | {f"evaluate.{k}" for k in params["evaluate"]}
+    training = {f"train.{k}" for k in params["train"]}
+    for name in upstream_of_encode:
+        assert not declared[name] & encoding, name
+    for name in ("fetch", "eval_data", "train_data", "import_encoder"):
+        assert not declared[name] & training, name
+    assert declared["import_encoder"] == {"encoder.source", "encoder.query_prefix", "encoder.passage_prefix",
+                                          "encoder.pooling"}   # hub_id and revision: only for source: hub
+    params["encoder"]["source"] = "hub"
+    hub = next(s for s in stages(params) if s.name == "import_encoder")
+    assert {"encoder.hub_id", "encoder.revision"} <= set(hub.params)
