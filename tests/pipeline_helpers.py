@@ -211,7 +211,8 @@ def downstream(dvc_yaml: Path, changed: set[str]) -> set[str]:
     def produces(outs: list[str], dep: str) -> bool:
         return any(dep == o or dep.startswith(o + "/") for o in outs)
 
-    outs = {n: s.get("outs", []) + s.get("metrics", []) for n, s in stages.items()}
+    outs = {n: [o if isinstance(o, str) else next(iter(o)) for o in s.get("outs", []) + s.get("metrics", [])]
+            for n, s in stages.items()}   # an out is a path or {path: {cache: false}}
     found = set(changed)
     grew = True
     while grew:
