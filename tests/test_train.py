@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -172,22 +173,46 @@ def test_stale_batches_are_refused(repo: Path, files: dict[str, Path], tmp_path:
     assert rc == 2 and not (tmp_path / "m").exists()
 
 
-def _ddp_worker(rank: int, world: int, init: str, base: str, pairs_path: str, out: str) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    pairs = pd.read_parquet(pairs_path)
-    tokenizer, model = load_tiny(Path(base))
-    model.eval()   # no dropout: ranks and the reference must compute the same function
+@dataclass(frozen=True)
+class DetachedGather(Dist):
+    """A plausible bug: a plain all_gather, so no gradient reaches the other ranks' candidates."""
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, t.detach())
+        parts[self.rank] = t
+        return torch.cat(parts, dim=0)
+
+
+def _grads(base: Path, pairs: pd.DataFrame, dist: Dist, *, all_reduce: bool = True) -> dict[str, torch.Tensor]:
+    """Gradients of one batch's loss, float64: reordered sums then agree to ~1e-15, not float32's ~1e-6."""
+    tokenizer, model = load_tiny(base)
+    model.eval().double()   # eval: no dropout, so ranks and the reference compute the same function
     table = build_batches(pairs, strategy="xy", alpha=0.5, batch_size=BATCH, steps=1, seed=5, extra_negatives=1)
-    dist = Dist(rank, world)
     loss, _ = batch_loss(model, tokenizer, Texts(pairs, SPEC), next(iter_batches(table)), cfg(), "mean",
                          torch.device("cpu"), dist)
     loss.backward()
-    params = [p for p in model.parameters()]
-    dist.average_grads(params)
+    if all_reduce:
+        dist.average_grads(list(model.parameters()))
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _ddp_worker(rank: int, world: int, init: str, base: str, pairs_path: str, out: str) -> None:
+    """The real multi-rank gradient and two deliberately broken ones (rank 0's copy of each)."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    pairs = pd.read_parquet(pairs_path)
+    dist = Dist(rank, world)
+    grads = {"sharded": _grads(Path(base), pairs, dist),
+             "no_all_reduce": _grads(Path(base), pairs, dist, all_reduce=False),
+             "detached_gather": _grads(Path(base), pairs, DetachedGather(rank, world))}
     if rank == 0:
-        torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, out)
+        torch.save(grads, out)
     torch.distributed.destroy_process_group()
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[n] - b[n]).abs().max()) for n in b)
 
 
 def test_sharded_gather_matches_full_batch_gradient(files: dict[str, Path], pairs: pd.DataFrame,
@@ -203,14 +228,16 @@ def test_sharded_gather_matches_full_batch_gradient(files: dict[str, Path], pair
     for p in procs:
         p.join(300)
     assert [p.exitcode for p in procs] == [0, 0], "a rank failed (its traceback is in the captured stderr)"
-    sharded = torch.load(out, weights_only=True)
-    tokenizer, model = load_tiny(files["base"])
-    model.eval()
-    table = build_batches(pairs, strategy="xy", alpha=0.5, batch_size=BATCH, steps=1, seed=5, extra_negatives=1)
-    loss, _ = batch_loss(model, tokenizer, Texts(pairs, SPEC), next(iter_batches(table)), cfg(), "mean",
-                         torch.device("cpu"))
-    loss.backward()
-    full = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    assert set(full) == set(sharded)
+    runs = torch.load(out, weights_only=True)
+    full = _grads(files["base"], pairs, Dist())
+    assert all(g.dtype == torch.float64 for g in full.values())
+    assert set(runs["sharded"]) == set(full)
+    # Only the summation order differs: float64 rounding, eps 2.2e-16 times sqrt(~1e3 summed tokens) times the
+    # largest gradient, i.e. ~1e-14 of it (measured 8e-15). 1e-12 leaves 100x headroom and is still 1e6x below
+    # float32 noise, let alone a real bug.
+    tol = 1e-12 * max(float(g.abs().max()) for g in full.values())
     for name, g in full.items():
-        torch.testing.assert_close(sharded[name], g, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(runs["sharded"][name], g, rtol=0, atol=tol, msg=name)
+    # the check can fail: a missing all-reduce or a non-differentiable gather is far outside the tolerance
+    for broken in ("no_all_reduce", "detached_gather"):
+        assert max_abs_diff(runs[broken], full) > 1e6 * tol, broken
