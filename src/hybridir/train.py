@@ -211,14 +211,17 @@ class Texts:
 
 def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, max_length: int, pooling: str,
           device: torch.device) -> tuple[torch.Tensor, int]:
-    """L2-normalised fp32 embeddings (differentiable) and the number of non-padding tokens."""
+    """L2-normalised embeddings, fp32 or wider (differentiable), and the number of non-padding tokens."""
     from .encoder_dir import pool   # lazily: `hybridir batches` and the CLI do not need torch
 
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     enc = {k: v.to(device) for k, v in enc.items()}
     out = model(**enc)
     emb = pool(out.last_hidden_state, enc["attention_mask"], pooling)
-    return F.normalize(emb.float(), dim=-1), int(enc["attention_mask"].sum())
+    # the loss in at least fp32 (bf16 autocast states are upcast); a float64 model stays float64, so the
+    # multi-rank gradient test can compare exactly
+    emb = emb.to(torch.promote_types(emb.dtype, torch.float32))
+    return F.normalize(emb, dim=-1), int(enc["attention_mask"].sum())
 
 
 def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batch, cfg: TrainConfig,
