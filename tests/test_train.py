@@ -184,8 +184,10 @@ def _ddp_worker(rank: int, world: int, init: str, base: str, pairs_path: str, ou
     loss, _ = batch_loss(model, tokenizer, Texts(pairs, SPEC), next(iter_batches(table)), cfg(), "mean",
                          torch.device("cpu"), dist)
     loss.backward()
-    params = [p for p in model.parameters()]
-    dist.average_grads(params)
+    for p in model.parameters():   # what DistributedDataParallel does in training (tests/test_train_distributed.py)
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(world)
     if rank == 0:
         torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, out)
     torch.distributed.destroy_process_group()
