@@ -249,8 +249,11 @@ def _grads(base: Path, pairs: pd.DataFrame, dist: Dist, *, all_reduce: bool = Tr
     loss, _ = batch_loss(model, tokenizer, Texts(pairs, SPEC), next(iter_batches(table)), cfg(), "mean",
                          torch.device("cpu"), dist)
     loss.backward()
-    if all_reduce:
-        dist.average_grads(list(model.parameters()))
+    if all_reduce and dist.world > 1:   # what DistributedDataParallel does in training (tests/test_train_distributed.py)
+        for p in model.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(dist.world)
     return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 

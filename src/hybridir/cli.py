@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    args.argv = argv   # `train` re-runs its own command line under torchrun
     try:
         if isinstance(getattr(args, "params", None), str):
             from .config import load_params

@@ -23,22 +23,37 @@ Outputs in --out (atomic): the model as an encoder directory (`encoder_dir.save_
 tokenizer, the base's prefixes and pooling as sentence-transformers config), loss.csv, loss.png,
 train_summary.json.
 
-Multi-GPU (minimal; the GPU/NCCL path is NOT TESTED, there is no GPU on the development machine):
-under torchrun (WORLD_SIZE > 1) every rank embeds its contiguous shard of each batch's triplets
-(batch_size must divide by the world size), the candidate embeddings are gathered with a
-differentiable all_gather so each query still sees the whole batch as negatives, and gradients
-are averaged across ranks by all_reduce before clipping: the gradient of the full-batch loss.
-tests/test_train.py checks exactly that with two gloo processes on CPU. Validation runs
-redundantly on every rank; rank 0 writes the outputs.
+Several processes (train.processes > 1): `hybridir train` re-runs itself under torchrun
+(`python -m torch.distributed.run --standalone --nproc-per-node N -m hybridir.cli train ...`, the
+same command line), so the stage command stays the same for Snakemake and DVC; OMP_NUM_THREADS is
+passed on (torchrun sets 1 when it is unset). Backend gloo on CPU, nccl on CUDA. Every rank embeds
+its contiguous shard of each batch's triplets (batch_size must divide by the number of processes),
+the candidate embeddings are gathered with a differentiable all_gather so each query still sees the
+whole batch as negatives, and DistributedDataParallel averages the gradients: the gradient of the
+full-batch loss. Validation runs on rank 0 alone and its numbers are broadcast, so the checkpoint
+decision is made once; rank 0 writes every file. The GPU/NCCL path is NOT TESTED (no GPU on the
+development machine); tests/test_train_distributed.py checks 2 gloo processes against one.
+
+Resume: every train.checkpoint_every steps (0 = never) rank 0 writes the training state to
+`<out>.resume/` (atomically): state.pt (model, AdamW and scheduler state, step, best step and
+loss, the loss log, every rank's RNG state; all loadable with torch.load(weights_only=True)) and
+best/ (the best checkpoint so far, as the output holds it). A run whose inputs match the state's
+fingerprint (batch table, base model, training settings, seed, number of processes) resumes
+from it and ends with the same weights as an uninterrupted run; the state is removed once the
+output is written.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
 import resource
+import shlex
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, asdict
@@ -130,7 +145,7 @@ def validation_table(pairs: pd.DataFrame, *, batch_size: int, n_batches: int, la
     return pd.concat(parts, ignore_index=True)
 
 
-# ---------------------------------------------------------------- distributed (minimal, see docstring)
+# ---------------------------------------------------------------- several processes (see docstring)
 
 
 @dataclass(frozen=True)
@@ -148,24 +163,51 @@ class Dist:
         import torch.distributed.nn.functional as dist_fn
         return torch.cat(dist_fn.all_gather(t), dim=0)   # differentiable
 
-    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
-        if self.world == 1:
-            return
-        for p in params:
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
-                p.grad.div_(self.world)
-
     def mean(self, value: float) -> float:
         if self.world == 1:
             return value
-        t = torch.tensor([value], device=torch.device("cuda") if torch.cuda.is_available() else None)
+        t = torch.tensor([value], dtype=torch.float64,
+                         device=torch.device("cuda") if torch.cuda.is_available() else None)
         torch.distributed.all_reduce(t)
         return float(t.item()) / self.world
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def collect(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
 
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device, dist: Dist) -> torch.nn.Module:
+    """`model` under DistributedDataParallel (gradients averaged over the ranks) when there are several."""
+    if dist.world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # Every trainable parameter is in the loss (the unused pooler is frozen in make_optimizer).
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def launch(processes: int, argv: list[str]) -> int:
+    """Re-run this `hybridir` command line as `processes` torchrun workers on this machine."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+           "-m", "hybridir.cli", *argv]
+    print(f"train: {processes} processes: {shlex.join(cmd)}", file=sys.stderr)
+    return subprocess.run(cmd, check=False).returncode
 
 
 def cpu_has_native_bf16() -> bool:
@@ -218,10 +260,9 @@ def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, max_lengt
     enc = {k: v.to(device) for k, v in enc.items()}
     out = model(**enc)
     emb = pool(out.last_hidden_state, enc["attention_mask"], pooling)
-    # the loss in at least fp32 (bf16 autocast states are upcast); a float64 model stays float64, so the
-    # multi-rank gradient test can compare exactly
-    emb = emb.to(torch.promote_types(emb.dtype, torch.float32))
-    return F.normalize(emb, dim=-1), int(enc["attention_mask"].sum())
+    # at least fp32 (bf16 under autocast); float64 stays float64 (tests compare float64 runs)
+    return F.normalize(emb.to(torch.promote_types(emb.dtype, torch.float32)), dim=-1), \
+        int(enc["attention_mask"].sum())
 
 
 def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batch, cfg: TrainConfig,
@@ -272,6 +313,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.opti
     """AdamW over the trainable parameters (weight decay on matrices only); also returns them."""
     if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
+    if getattr(model, "pooler", None) is not None:   # saved for a complete checkpoint; pooling never uses it
+        model.pooler.requires_grad_(False)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -295,13 +338,29 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
 
 
+def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict[str, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def train_loop(model: torch.nn.Module, tokenizer: Any, *, texts: Texts, batches: list[Batch],
                valid: list[Batch], cfg: TrainConfig, pooling: str, device: torch.device,
                save_best: Callable[[int], None], dist: Dist = Dist(), progress: bool = True,
-               log: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Train on `batches` in order; call save_best(step) whenever the validation loss improves.
+               log: Callable[[str], None] | None = None, state: dict[str, Any] | None = None,
+               checkpoint_every: int = 0,
+               save_state: Callable[[dict[str, Any]], None] = lambda state: None,
+               ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Train on `batches` in order; call save_best(step) (rank 0) whenever the validation loss improves.
 
-    Returns the per-step log (step, train_loss, lr, valid_loss, ...) and the summary numbers.
+    Continues from `state` (one that save_state was given) when there is one; passes save_state
+    (rank 0) the state every `checkpoint_every` steps. Returns the per-step log (step, train_loss,
+    lr, valid_loss, ...) and the summary numbers.
     """
     from tqdm.auto import tqdm
 
@@ -312,27 +371,35 @@ def train_loop(model: torch.nn.Module, tokenizer: Any, *, texts: Texts, batches:
     model.train()
     opt, params = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
-    rows: list[dict[str, Any]] = []
-    best = {"step": -1, "valid_loss": math.inf}
+    net = data_parallel(model, device, dist)
 
     def check(step: int) -> dict[str, float]:
-        v = validation_loss(model, tokenizer, texts, valid, cfg, pooling, device)
+        v = dist.share(validation_loss(model, tokenizer, texts, valid, cfg, pooling, device) if dist.main else None)
         if v["valid_loss"] < best["valid_loss"]:
             best.update(step=step, valid_loss=v["valid_loss"])
-            save_best(step)
+            if dist.main:
+                save_best(step)
         return v
 
     t0 = time.perf_counter()
-    rows.append({"step": 0, "train_loss": math.nan, "lr": 0.0, "batch_type": "", **check(0)})
-    train_seconds, tokens = 0.0, 0
-    bar = tqdm(total=steps, desc="train", disable=not (progress and dist.main), file=sys.stderr)
-    for i, batch in enumerate(batches):
+    if state is None:
+        start, train_seconds, tokens = 0, 0.0, 0
+        best: dict[str, Any] = {"step": -1, "valid_loss": math.inf}
+        rows: list[dict[str, Any]] = [{"step": 0, "train_loss": math.nan, "lr": 0.0, "batch_type": "", **check(0)}]
+    else:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"][dist.rank], device)
+        start, train_seconds, tokens = state["step"], state["train_seconds"], state["tokens"]
+        best, rows = state["best"], state["rows"]
+    bar = tqdm(total=steps, initial=start, desc="train", disable=not (progress and dist.main), file=sys.stderr)
+    for i, batch in enumerate(batches[start:], start):
         t = time.perf_counter()
         lr = sched.get_last_lr()[0]
-        loss, n_tok = batch_loss(model, tokenizer, texts, batch, cfg, pooling, device, dist)
+        loss, n_tok = batch_loss(net, tokenizer, texts, batch, cfg, pooling, device, dist)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        dist.average_grads(params)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
         sched.step()
@@ -349,6 +416,12 @@ def train_loop(model: torch.nn.Module, tokenizer: Any, *, texts: Texts, batches:
             log(f"train: step {step}: valid_loss {row['valid_loss']:.4f} (best {best['valid_loss']:.4f} "
                 f"at step {best['step']})")
         rows.append(row)
+        if checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            rng = dist.collect(rng_state(device))
+            if dist.main:
+                save_state({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "rng": rng, "best": best, "rows": rows,
+                            "train_seconds": train_seconds, "tokens": tokens})
         bar.update(1)
         bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
     bar.close()
@@ -409,6 +482,31 @@ def check_batches(table: pd.DataFrame, settings: dict[str, Any], pairs: pd.DataF
         raise BadInput(f"{path} uses rows that are not split == 'train'")
 
 
+def fingerprint(*parts: Any, files: list[Path]) -> str:
+    """sha256 of `parts` (as JSON) and the bytes of `files` (directories: every file under them)."""
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True).encode())
+    for f in files:
+        for path in sorted(f.rglob("*")) if f.is_dir() else [f]:
+            if path.is_file():
+                h.update(path.relative_to(f).as_posix().encode())
+                with path.open("rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+    return h.hexdigest()
+
+
+def load_state(resume: Path, key: str, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The training state in `resume` if it was written for the inputs `key` identifies."""
+    if not (resume / "state.pt").is_file():
+        return None
+    state = torch.load(resume / "state.pt", map_location="cpu", weights_only=True)
+    if state["fingerprint"] != key:
+        log(f"train: ignoring {resume}: written for other inputs or settings")
+        return None
+    log(f"train: resuming from {resume} at step {state['step']}")
+    return state
+
+
 def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | Path,
                  batches_path: str | Path, out: str | Path, seed: int | None = None,
                  progress: bool = True) -> dict[str, Any]:
@@ -438,15 +536,25 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
     valid = list(iter_batches(valid_table))
 
     out = Path(out)
+    resume = out.with_name(out.name + ".resume")   # beside the output: it survives a crash
+    key = fingerprint(asdict(cfg), langs, seed, dist.world, files=[Path(batches_path), Path(base)])
+    state = load_state(resume, key, log)
     with (atomic_path(out) if dist.main else contextlib.nullcontext(None)) as tmp:
+        if state is not None and dist.main:
+            shutil.copytree(resume / "best", tmp)
+
         def save_best(step: int) -> None:
-            if dist.main:
-                save_encoder(model, tokenizer, tmp, spec)
-            dist.barrier()
+            save_encoder(model, tokenizer, tmp, spec)
+
+        def save_state(state: dict[str, Any]) -> None:
+            with atomic_path(resume) as stage:
+                shutil.copytree(tmp, stage / "best")
+                torch.save(state | {"fingerprint": key}, stage / "state.pt")
 
         log_table, summary = train_loop(model, tokenizer, texts=texts, batches=batches, valid=valid, cfg=cfg,
                                         pooling=spec["pooling"], device=device, save_best=save_best,
-                                        dist=dist, progress=progress, log=log)
+                                        dist=dist, progress=progress, log=log, state=state,
+                                        checkpoint_every=int(tp["checkpoint_every"]), save_state=save_state)
         if summary["returned_base_model"]:
             log("train: no step improved the validation loss of the base model: the output IS the base model")
         summary.update({
@@ -461,7 +569,11 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
             log_table.to_csv(tmp / "loss.csv", index=False)
             plot_losses(log_table, summary["best_step"], tmp / "loss.png")
             (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if dist.main:
+        shutil.rmtree(resume, ignore_errors=True)
     dist.barrier()
+    if dist.world > 1:
+        torch.distributed.destroy_process_group()
     log(f"train: {out}: best step {summary['best_step']} (valid loss {summary['best_valid_loss']:.4f}, "
         f"base {summary['base_valid_loss']:.4f}); {summary['steps_per_s']:.3f} steps/s, "
         f"{summary['tokens_per_s']:.0f} tokens/s")
@@ -469,6 +581,9 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
 
 
 def _run(args: argparse.Namespace) -> int:
+    processes = int(args.params["train"]["processes"])
+    if processes > 1 and "LOCAL_RANK" not in os.environ:   # not yet a torchrun worker
+        return launch(processes, args.argv)
     run_training(params=args.params, base=args.base, pairs_path=args.pairs,
                  batches_path=args.batches, out=args.out, seed=args.seed, progress=not args.no_progress)
     return 0
