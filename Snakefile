@@ -26,7 +26,7 @@ include: "workflow/rules/stages.smk"
 rule all:
     default_target: True
     input:
-        [target(o) for s in STAGES if s.group == "report" for o in s.all_outs],
+        [target(o) for s in STAGES if s.name == "report" for o in s.all_outs],
 
 
 onsuccess:
