@@ -2,6 +2,8 @@
 # the same table `hybridir dvc-yaml` writes as dvc.yaml, so Snakemake and DVC run one DAG.
 #   snakemake --cores 2                                   # default pipeline (params.yaml)
 #   snakemake --cores 2 --configfile config/smoke.yaml    # minutes-long smoke run
+#   snakemake --profile profiles/slurm --configfile config/paper.yaml   # on a Slurm cluster (README)
+# Each job's threads, memory, time and GPUs come from the params file's resources section.
 from hybridir.config import load_params, validate
 from hybridir.pipeline import param_values, record_dvc_lock, stages
 
@@ -26,7 +28,7 @@ include: "workflow/rules/stages.smk"
 rule all:
     default_target: True
     input:
-        [target(o) for s in STAGES if s.group == "report" for o in s.all_outs],
+        [target(o) for s in STAGES if s.name == "report" for o in s.all_outs],
 
 
 onsuccess:

@@ -11,7 +11,7 @@ import yaml
 
 from .errors import BadInput
 
-SECTIONS = ("data", "encoder", "evaluate", "train", "experiments")
+SECTIONS = ("data", "encoder", "evaluate", "train", "experiments", "resources")
 
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .cli import COMMANDS
+from .config import Params
 
 EXECUTABLE = "hybridir"
 
@@ -28,7 +29,6 @@ EXECUTABLE = "hybridir"
 @dataclass(frozen=True)
 class Stage:
     name: str                      # DVC stage name = Snakemake rule name (an identifier)
-    group: str                     # data | encoder | train | evaluate | report (the rule's threads)
     cmd: str
     deps: tuple[str, ...]
     outs: tuple[str, ...]          # paths ending in "/" are directories
@@ -36,10 +36,21 @@ class Stage:
     metrics: tuple[str, ...] = ()  # outputs that are DVC metrics (small JSON, kept in git)
     plots: tuple[str, ...] = field(default=())  # outputs that are DVC plots
     uncached: tuple[str, ...] = ()  # outputs DVC does not cache (cache: false): they differ run to run
+    # What one job of the stage asks the scheduler for (Snakemake's threads and resources, Slurm's
+    # sbatch), from the params' resources section. Not stage params: they change no result.
+    threads: int = 1               # also torch's and faiss's threads (Snakemake sets OMP_NUM_THREADS)
+    mem_mb: int = 1000
+    runtime: int = 60              # minutes
+    gpus: int = 0
 
     @property
     def all_outs(self) -> tuple[str, ...]:
         return self.outs + self.metrics + self.plots + self.uncached
+
+    @property
+    def command(self) -> str:
+        """The `hybridir` subcommand the stage runs (a key of cli.COMMANDS and of params' resources)."""
+        return self.cmd.split()[1]
 
 
 SRC = "src/hybridir"   # the package's path in the repository, as stage deps name it
@@ -178,18 +189,18 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
     import_params = ("encoder.source", "encoder.query_prefix", "encoder.passage_prefix", "encoder.pooling") + (
         ("encoder.hub_id", "encoder.revision") if source == "hub" else ())
     out: list[Stage] = [
-        Stage("fetch", "data", f"{EXECUTABLE} fetch --out data/raw",
+        Stage("fetch", f"{EXECUTABLE} fetch --out data/raw",
               deps=(), outs=("data/raw/",)),
-        Stage("eval_data", "data", f"{EXECUTABLE} eval-data {p} --raw data/raw --out data/eval",
+        Stage("eval_data", f"{EXECUTABLE} eval-data {p} --raw data/raw --out data/eval",
               deps=("data/raw/",), outs=("data/eval/",),
               params=("data.eval_datasets", "data.eval_langs", "data.eval_max_queries_per_lang",
                       "data.eval_pool", "data.seed")),
-        Stage("train_data", "data", f"{EXECUTABLE} train-data {p} --raw data/raw --out data/train",
+        Stage("train_data", f"{EXECUTABLE} train-data {p} --raw data/raw --out data/train",
               deps=("data/raw/",), outs=(pairs,),
               params=("data.train_sources", "data.train_langs", "data.valid_fraction",
                       "data.max_groups_per_source", "data.context_sentences", "data.context_sides",
                       "data.seed")),
-        Stage("import_encoder", "encoder", f"{EXECUTABLE} import-encoder {p} --out {base}",
+        Stage("import_encoder", f"{EXECUTABLE} import-encoder {p} --out {base}",
               deps=(), outs=(base,), params=import_params),
     ]
     models = {"zeroshot": base}
@@ -204,14 +215,14 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                   (f" --group-fraction {num(run.fraction)}" if run.fraction is not None else "")
         tracks_alpha = run.strategy == "hybrid" and run.alpha is None
         out.append(Stage(
-            ident("batches", run.tag), "train",
+            ident("batches", run.tag),
             f"{EXECUTABLE} batches {p} --pairs {pairs}pairs.parquet --strategy {run.strategy} "
             f"--seed {run.seed}{options} --out {batches}",
             deps=(pairs,), outs=(batches,),
             params=("train.batch_size", "train.steps", "train.extra_negatives", "data.train_langs")
             + (("train.alpha",) if tracks_alpha else ())))
         out.append(Stage(
-            ident("train", run.tag), "train",
+            ident("train", run.tag),
             f"{EXECUTABLE} train {p} --base {base} --pairs {pairs}pairs.parquet "
             f"--batches {batches} --out {model_dir}",
             deps=(base, pairs, batches), outs=(model_dir,),
@@ -221,7 +232,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
         for ds in params["data"]["eval_datasets"]:
             res = f"results/{enc}/{tag}/{ds}/"
             out.append(Stage(
-                ident("encode", tag, ds), "evaluate",
+                ident("encode", tag, ds),
                 f"{EXECUTABLE} encode {p} --model {model_dir} --eval-data data/eval/{ds} "
                 f"--out {res}embeddings",
                 deps=(model_dir, "data/eval/"),
@@ -231,7 +242,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
             metrics = f"{res}metrics.json"
             report_deps += [metrics, f"{res}eval/", f"{res}embeddings/"]
             out.append(Stage(
-                ident("evaluate", tag, ds), "evaluate",
+                ident("evaluate", tag, ds),
                 f"{EXECUTABLE} evaluate {p} --embeddings {res}embeddings --eval-data data/eval/{ds} "
                 f"--out {res}eval --metrics {metrics}",
                 deps=(f"{res}embeddings/", "data/eval/"),
@@ -242,7 +253,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
             result = f"results/{enc}/{tag}/beir/{ds}.json"
             report_deps.append(result)
             out.append(Stage(
-                ident("beir", tag, ds), "evaluate",
+                ident("beir", tag, ds),
                 f"{EXECUTABLE} beir {p} --raw data/raw --model {model_dir} --dataset {ds} --out {result}",
                 deps=("data/raw/", model_dir), metrics=(result,),
                 outs=(), params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision",
@@ -254,7 +265,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                        (("alpha_sweep", "alpha_sweep"), ("data_size", "data_fractions"), ("beir", "beir"))
                        if exp[key])
     out.append(Stage(
-        "report", "report", f"{EXECUTABLE} report {p} --results results/{enc} --out reports",
+        "report", f"{EXECUTABLE} report {p} --results results/{enc} --out reports",
         deps=tuple(report_deps) + trained,
         outs=("reports/report.md", "reports/headline.csv", "reports/figures/") + sweep_csvs,
         metrics=("reports/summary.json",), uncached=("reports/timings.md",),
@@ -263,7 +274,19 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
             "data.eval_datasets", "data.eval_langs", "data.eval_max_queries_per_lang", "data.eval_pool",
             "data.train_langs", "data.train_sources", "encoder.name", "encoder.source", "train.alpha",
             "train.batch_size", "train.steps")))
-    return with_code_deps(out)
+    return with_resources(with_code_deps(out), job_resources(params))
+
+
+def job_resources(params: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """The params' resources section, read without recording (config.Params): the report stage
+    builds this table too, and scheduling settings are none of its (or any stage's) params."""
+    section = dict.__getitem__(params, "resources")
+    return section.plain() if isinstance(section, Params) else section
+
+
+def with_resources(stage_list: list[Stage], resources: dict[str, dict[str, int]]) -> list[Stage]:
+    """Each stage with its command's resources (resources.<command>, else resources.default)."""
+    return [replace(st, **resources.get(st.command, resources["default"])) for st in stage_list]
 
 
 def with_code_deps(stage_list: list[Stage]) -> list[Stage]:
@@ -271,7 +294,7 @@ def with_code_deps(stage_list: list[Stage]) -> list[Stage]:
     by_module: dict[str, tuple[str, ...]] = {}
     done = []
     for st in stage_list:
-        module = COMMANDS[st.cmd.split()[1]]
+        module = COMMANDS[st.command]
         if module not in by_module:
             by_module[module] = code_deps(module)
         done.append(replace(st, deps=st.deps + by_module[module]))

@@ -14,8 +14,15 @@ for stage in STAGES:
             # Bound here: a shell f-string would be formatted late, with the loop's last stage.
             cmd=stage.cmd,
             values=param_values(config, stage.params),
-        # Snakemake exports OMP_NUM_THREADS = threads, and torch sizes its thread pool from it.
-        threads: workflow.cores if stage.group in ("train", "evaluate") else 1
+        # From params' resources section. Snakemake caps threads at --cores and never runs jobs
+        # needing more cores than that at once; it exports OMP_NUM_THREADS = threads, which sizes
+        # torch's and faiss's thread pools. Under --executor slurm they become sbatch's
+        # --cpus-per-task, --mem, --time and --gpus (gpu 0: none).
+        threads: stage.threads
+        resources:
+            mem_mb=stage.mem_mb,
+            runtime=stage.runtime,
+            gpu=stage.gpus,
         log:
             f"logs/{stage.name}.log",
         benchmark:
