@@ -115,3 +115,10 @@ def test_missing_files_are_named_with_the_fix(e5, tmp_path: Path) -> None:
         load_encoder(partial)
     with pytest.raises(FileNotFoundError, match="config_sentence_transformers.json.*import-encoder"):
         read_settings(partial)
+
+
+def test_auto_precision_is_bf16_on_a_gpu_and_int8_on_the_cpu() -> None:
+    from hybridir.modeling import resolve_precision
+
+    assert resolve_precision("auto", cuda=True) == "bf16" and resolve_precision("auto", cuda=False) == "int8"
+    assert all(resolve_precision(p, cuda) == p for p in ("fp32", "bf16", "int8") for cuda in (True, False))

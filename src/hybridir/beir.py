@@ -188,7 +188,7 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
 
     from .encode import encode_unique
     from .encoder_dir import load_encoder, read_settings
-    from .modeling import encode_texts
+    from .modeling import encode_texts, resolve_precision
 
     t_start = time.perf_counter()
     log = log or (lambda msg: None)
@@ -199,14 +199,16 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
     data = subsample(data, max_queries=max_queries, max_docs=max_docs, seed=int(params["data"]["seed"]))
     settings = read_settings(model_dir)
     tokenizer, model = load_encoder(model_dir)
-    device = "cuda" if torch.cuda.is_available() and ev["precision"] != "int8" else "cpu"
+    precision = resolve_precision(ev["precision"], torch.cuda.is_available())
+    # A GPU when there is one (int8 dynamic quantisation is a CPU technique: stay on the CPU).
+    device = "cuda" if torch.cuda.is_available() and precision != "int8" else "cpu"
     model = model.to(device).eval()
 
     def embed(texts: list[str], prefix: str) -> np.ndarray:
         return encode_unique(texts, lambda unique: encode_texts(
             model, tokenizer, unique, prefix=prefix, pooling=settings["pooling"],
             max_length=params["encoder"]["max_length"], batch_size=ev["batch_size"],
-            precision=ev["precision"], progress=progress))
+            precision=precision, progress=progress))
 
     t0 = time.perf_counter()
     q_vectors = embed(data.queries["text"].tolist(), settings["query_prefix"])
@@ -223,7 +225,7 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
         "subsampled": (len(data.queries), len(data.corpus)) != full_sizes,
         "exclude_self": EXCLUDE_SELF[name], "depth": DEPTH,
         "model": str(model_dir), **settings, "max_length": params["encoder"]["max_length"],
-        "precision": ev["precision"], "device": device,
+        "precision": precision, "device": device,
         "encode_queries_s": round(t_queries, 2), "encode_docs_s": round(t_docs, 2),
         "search_and_metrics_s": round(t_search, 2), "total_s": round(time.perf_counter() - t_start, 2),
     }

@@ -100,7 +100,7 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
     import torch  # heavy imports only where the model runs
 
     from .encoder_dir import load_encoder, read_settings
-    from .modeling import encode_texts
+    from .modeling import encode_texts, resolve_precision
 
     eval_dir = Path(eval_dir)
     queries = read_table(eval_dir / "queries.parquet", QUERY_ID_COLUMNS + ("text",))
@@ -108,15 +108,16 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
     settings = read_settings(model_dir)   # prefixes and pooling are the model's, not params
     ev = params["evaluate"]
     tokenizer, model = load_encoder(model_dir)
+    precision = resolve_precision(ev["precision"], torch.cuda.is_available())
     # A GPU when there is one (int8 dynamic quantisation is a CPU technique: stay on the CPU).
-    device = "cuda" if torch.cuda.is_available() and ev["precision"] != "int8" else "cpu"
+    device = "cuda" if torch.cuda.is_available() and precision != "int8" else "cpu"
     model = model.to(device).eval()
 
     def encoder(prefix: str) -> Callable[[list[str]], np.ndarray]:
         return lambda texts: encode_texts(
             model, tokenizer, texts, prefix=prefix, pooling=settings["pooling"],
             max_length=params["encoder"]["max_length"], batch_size=ev["batch_size"],
-            precision=ev["precision"], progress=progress)
+            precision=precision, progress=progress)
 
     timings = {}
     t0 = time.perf_counter()
@@ -127,7 +128,7 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
     timings["candidates_s"] = round(time.perf_counter() - t0, 2)
     meta = {
         "model": str(model_dir), "eval_data": str(eval_dir), **settings,
-        "max_length": params["encoder"]["max_length"], "precision": ev["precision"],
+        "max_length": params["encoder"]["max_length"], "precision": precision,
         "batch_size": ev["batch_size"], "dim": int(q_vectors.shape[1]),
         "n_queries": len(queries), "n_candidates": len(candidates),
         "device": device, "torch_threads": torch.get_num_threads(), **timings,

@@ -30,6 +30,11 @@ from .encoder_dir import POOLINGS, pool
 from .errors import BadInput, CannotRun
 
 PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def resolve_precision(precision: str, cuda: bool) -> str:
+    """evaluate.precision as run: "auto" is bf16 on a CUDA GPU and the int8 CPU path otherwise."""
+    return ("bf16" if cuda else "int8") if precision == "auto" else precision
 # ONNX node names (from BERT / XLM-R module paths) of the FFN output projection, whose GELU
 # inputs quantise badly.
 _FFN_OUT_NODE = re.compile(r"/layer\.\d+/output/dense/")

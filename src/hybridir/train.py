@@ -56,7 +56,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -517,6 +517,8 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
     t0 = time.perf_counter()
     tp = params["train"]
     cfg = TrainConfig.from_params(tp)
+    if cfg.precision == "auto":   # bf16 autocast where the hardware has it natively (a CUDA GPU), else fp32
+        cfg = replace(cfg, precision="bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32")
     spec = read_settings(base)
     pairs = read_pairs(pairs_path)
     table, settings = read_batches(batches_path)
