@@ -279,6 +279,7 @@ class DvcRun:
     env: dict[str, str]
     repro_output: str
     trace: Path         # HYBRIDIR_TRACE of the run
+    snakemake_plan: dict[str, int]   # what `snakemake -n` planned right after `dvc repro`
 
 
 @pytest.fixture(scope="session")
@@ -308,7 +309,7 @@ def dvc_smoke(smoke_root: Path, smoke_source: Path) -> DvcRun:
     git_commit(repo, env, "dvc repro (smoke)")   # dvc.lock and the metrics files git tracks
     dvc(repo, env, "push")
     env.pop("HYBRIDIR_TRACE")
-    return DvcRun(repo, remote, env, output, smoke_root / "trace-dvc")
+    return DvcRun(repo, remote, env, output, smoke_root / "trace-dvc", snakemake_plan(repo, env))
 
 
 @dataclass(frozen=True)

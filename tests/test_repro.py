@@ -238,12 +238,13 @@ def _importers(table: dict[str, dict], rel: str) -> set[str]:
     return {name for name, entry in table.items() if rel in entry["deps"]}
 
 
-def test_editing_a_module_reruns_exactly_the_stages_that_import_it(dvc_repo: DvcRun) -> None:
+def test_editing_a_module_reruns_exactly_the_stages_that_import_it(snakemake_smoke: SnakemakeRun) -> None:
     """Every source file: DVC reports exactly its importers changed; Snakemake plans them and
-    what they feed (its dry run cannot tell a changed output from a re-created one)."""
-    repo, env = dvc_repo.repo, dvc_repo.env
+    what they feed (its dry run cannot tell a changed output from a re-created one). On the Snakemake
+    run, which its onsuccess hook recorded in dvc.lock, so both engines start from nothing to do."""
+    repo, env = snakemake_smoke.path, snakemake_smoke.env
     table = _dvc_stages(repo)
-    assert snakemake_plan(repo, env) == {}, "after dvc repro Snakemake must find nothing to do"
+    assert snakemake_plan(repo, env) == {} and dvc_changed(repo, env) == {}
     sources = sorted(p for p in (repo / "src" / "hybridir").rglob("*")
                      if p.is_file() and p.suffix in (".py", ".tsv") and "__pycache__" not in p.parts)
     assert len(sources) > 15
@@ -274,7 +275,7 @@ def test_after_snakemake_dvc_has_nothing_to_do(snakemake_smoke: SnakemakeRun) ->
 
 
 def test_after_dvc_repro_snakemake_has_nothing_to_do(dvc_smoke: DvcRun) -> None:
-    assert snakemake_plan(dvc_smoke.repo, dvc_smoke.env) == {}
+    assert dvc_smoke.snakemake_plan == {}   # taken right after `dvc repro`, before other tests edit the run
 
 
 @pytest.mark.parametrize("setting", ["experiments.seeds=[0,1]", "experiments.strategies=[hybrid]",
@@ -284,4 +285,7 @@ def test_dvc_exp_run_on_a_new_run_list_stops_before_any_work(dvc_repo: DvcRun, s
     before = {f: (repo / f).read_bytes() for f in output_files(repo)}
     out = dvc(repo, env, "exp", "run", "-S", setting, ok=False)
     assert "Nothing was run" in out and "hybridir dvc-yaml" in out, out[-2000:]
+    assert len(dvc_ran(out)) == 1, "the first stage DVC starts must stop the run"
+    # DVC deletes a stage's outputs before starting it; they are in its cache, nothing was recomputed.
+    dvc(repo, env, "checkout")
     assert {f: (repo / f).read_bytes() for f in output_files(repo)} == before, "a stage wrote outputs"

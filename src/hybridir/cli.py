@@ -77,9 +77,9 @@ def _check_dvc_yaml(params) -> None:
         raise ConfigError(
             f"{dvc_yaml} was generated for other settings than {params.source} (the runs listed under "
             f"experiments.* or the datasets changed), so DVC would run an incomplete grid. Nothing was "
-            f"run. Set the values in {params.source}, run `hybridir dvc-yaml --params {params.source}`, "
-            "commit, then `dvc exp run` / `dvc repro` (or run the grid with `snakemake`, which follows "
-            "the params itself).")
+            f"run (`dvc checkout` restores the outputs DVC removed before starting this stage). Set the "
+            f"values in {params.source}, run `hybridir dvc-yaml --params {params.source}`, commit, then "
+            "`dvc exp run` / `dvc repro` (or run the grid with `snakemake`, which follows the params itself).")
 
 
 def _write_trace(trace_dir: Path, argv: list[str], params) -> None:
