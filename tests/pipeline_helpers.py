@@ -186,7 +186,16 @@ def dvc_ran(output: str) -> list[str]:
 
 def snakemake(workdir: Path, env: dict[str, str], *args: str, ok: bool | None = True,
               cores: int = 2) -> subprocess.CompletedProcess[str]:
-    return sh([str(BIN / "snakemake"), "--cores", str(cores), *args], workdir, env, ok=ok)
+    proc = sh([str(BIN / "snakemake"), "--cores", str(cores), *args], workdir, env, ok=None)
+    if ok and proc.returncode:   # the failed jobs' own logs say why; the run directory may be gone later
+        logs = re.findall(r"log: (\S+) \(check log file", proc.stdout)
+        tails = "".join(f"\n--- {log}:\n" + (workdir / log).read_text(errors="replace")[-3000:]
+                        for log in logs if (workdir / log).is_file())
+        raise AssertionError(f"snakemake {' '.join(args)} in {workdir} exited {proc.returncode}; "
+                             f"output tail:\n{proc.stdout[-4000:]}{tails}")
+    if ok is False and not proc.returncode:
+        raise AssertionError(f"snakemake {' '.join(args)} in {workdir} succeeded, expected failure")
+    return proc
 
 
 def snakemake_plan(workdir: Path, env: dict[str, str], *args: str) -> dict[str, int]:
