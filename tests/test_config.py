@@ -80,6 +80,7 @@ def _stage_commands(params: Path, tmp: Path) -> dict[str, list[str]]:
         "evaluate": ["evaluate", *p, "--embeddings", none, "--eval-data", none, "--out", out,
                      "--metrics", str(tmp / "metrics.json")],
         "beir": ["beir", *p, "--raw", none, "--model", none, "--dataset", "nfcorpus", "--out", out],
+        "probe": ["probe", *p, "--model", none, "--pairs", none, "--out", out],
         "report": ["report", *p, "--results", none, "--out", out],
         "dvc-yaml": ["dvc-yaml", *p, "--out", out],
     }

@@ -159,6 +159,44 @@ def test_rank_distance_and_aggregates_recomputed(data, results, dataset):
     assert json.loads((root / "metrics.json").read_text()) == body
 
 
+@pytest.mark.parametrize("dataset", ["xquad_r", "mlqa_r"])
+def test_fairness_metrics_recomputed_from_the_run_file(data, results, dataset):
+    """rank_in_<lang>, PEER@k and the rank agreement from the full-depth multilingual run file,
+    through fairness.py's single-query definitions."""
+    from hybridir import fairness as F
+
+    root, body = results[dataset]
+    pq = pd.read_parquet(root / "eval" / "per_query.parquet")
+    tables = load_eval_tables(data[dataset][0])
+    lang_of = tables.candidates.set_index("cid")["lang"]
+    relevant = tables.qrels.groupby("qid")["cid"].apply(set)
+    runs: dict[str, list[str]] = {}
+    with gzip.open(root / "eval" / "runs" / "multi.trec.gz", "rt") as fh:
+        for line in fh:
+            label, _, cid, _, _, _ = line.split()
+            runs.setdefault(label, []).append(cid)
+    multi = _labelled(pq[pq["setting"] == "multi"])
+    k = body["peer_k"]
+    assert k == len(tables.candidates)   # FULL depth is capped at the pool
+    for label, cids in runs.items():
+        rel = relevant[label.split("/", 1)[1]]
+        ranks = np.arange(1, len(cids) + 1)
+        langs = lang_of.loc[cids].to_numpy()
+        grades = np.array([c in rel for c in cids], dtype=int)
+        assert multi.loc[label, "peer"] == pytest.approx(F.peer(ranks, langs, grades, {0: 1.0}, k)), label
+        for lang in lang_of.unique():
+            hit = [r for r, c in zip(ranks, cids) if c in rel and lang_of[c] == lang]
+            got = multi.loc[label, f"rank_in_{lang}"]
+            assert (np.isnan(got) and not hit) or got == hit[0], (label, lang)
+    columns = [c for c in multi.columns if c.startswith("rank_in_")]
+    per_lang = {x: F.rank_agreement(g[columns]) for x, g in multi.groupby("qlang")}
+    assert body["rank_corr"] == pytest.approx(np.nanmean(list(per_lang.values())))
+    assert body["peer"] == pytest.approx(np.mean([g.mean() for _, g in multi.groupby("qlang")["peer"]]))
+    for x, value in per_lang.items():
+        assert body["per_lang"][x]["rank_corr"] == pytest.approx(value, nan_ok=True)
+    assert 0 <= body["peer"] <= 1 and -1 <= body["rank_corr"] <= 1
+
+
 def test_real_encoder_scores_are_sane(results):
     """e5-small on XQuAD-R paragraphs it must tell apart: far above chance (~0.1 here)."""
     _, body = results["xquad_r"]

@@ -131,6 +131,12 @@ def tree(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                 (run / "metrics.json").write_text(json.dumps(summary))
     rng = np.random.default_rng(0)
     for tag in main_tags:
+        # probe.json as `hybridir probe` writes it; the gap peaks at layer 2 for trained systems
+        bias = SYSTEMS[system_of(tag)][0]
+        gap = [0.05, 0.1, 0.2 - 0.1 * bias, 0.12 - 0.05 * bias]
+        (results / tag / "probe.json").write_text(json.dumps(
+            {"layers": [0, 1, 2, 3], "parallel": [0.5 + g for g in gap], "random": [0.5] * 4, "gap": gap,
+             "n_units": 96, "langs": ["ar", "de", "en"], "n_sentences": 288}))
         for name in ("nfcorpus", "arguana"):
             path = results / tag / "beir" / f"{name}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +258,8 @@ def test_figures_sweeps_beir_and_provenance(report: dict[str, Any], tree: dict[s
     out, md, summary = report["out"], report["md"], report["summary"]
     links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", md)
     assert set(links) == {"figures/map_matrices_xquad_r.png", "figures/map_matrices_mlqa_r.png",
-                          "figures/alpha_sweep.png", "figures/data_size.png"}
+                          "figures/alpha_sweep.png", "figures/data_size.png", "figures/alignment_gap_xquad_r.png",
+                          "figures/alignment_gap_mlqa_r.png", "figures/alignment_probe.png"}
     for link in links:
         assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     alpha = pd.read_csv(out / "alpha_sweep.csv")
@@ -281,6 +288,39 @@ def test_figures_sweeps_beir_and_provenance(report: dict[str, Any], tree: dict[s
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
+def test_fairness_gap_and_probe_sections(report: dict[str, Any], tree: dict[str, Any]) -> None:
+    md, summary, results = report["md"], report["summary"], tree["results"]
+    # Fairness table: seed means of the metrics files' peer and rank_corr.
+    assert "## 9. Language fairness: PEER and rank agreement" in md
+    section = md.split("## 9. Language fairness")[1].split("## 10.")[0]
+    bodies = [json.loads((results / t / "xquad_r" / "metrics.json").read_text()) for t in ("xy-s0", "xy-s1")]
+    for key in ("peer", "rank_corr"):
+        mean = np.mean([b[key] for b in bodies])
+        assert summary["fairness"]["xquad_r"]["xy"][key] == pytest.approx(mean)
+        row = next(line for line in section.splitlines() if line.startswith("| X-Y |"))
+        assert f"{mean:.3f} ± {np.std([b[key] for b in bodies], ddof=1):.3f}" in row
+    # Less language bias, fairer: the synthetic X-Y has a smaller language offset than X-X-mono.
+    fair = summary["fairness"]["xquad_r"]
+    assert fair["xy"]["rank_corr"] > fair["xx_mono"]["rank_corr"]
+    # Gap sentence recomputed from the evaluate stage's map_mono_cross.csv files.
+    def gap(tags: list[str], ds: str) -> pd.DataFrame:
+        m = sum(pd.read_csv(results / t / ds / "eval" / "map_mono_cross.csv", index_col=0) for t in tags) / len(tags)
+        return pd.DataFrame(np.diag(m.to_numpy())[:, None] - m.to_numpy(), index=m.index, columns=m.columns)
+    base, xy = gap(["zeroshot"], "mlqa_r"), gap(["xy-s0", "xy-s1"], "mlqa_r")
+    off = ~np.eye(len(base), dtype=bool)
+    closed = np.where(off, (base - xy).to_numpy(), np.nan)
+    i, j = np.unravel_index(np.nanargmax(closed), closed.shape)
+    gaps = md.split("Alignment gap")[1].split("### MLQA-R")[1]
+    assert (f"X-Y closes the gap most on {base.index[i]}→{base.columns[j]}: {base.iat[i, j]:.3f} → "
+            f"{xy.iat[i, j]:.3f}") in gaps
+    assert f"mean over cells {np.nanmean(base.to_numpy()[off]):.3f} → {np.nanmean(xy.to_numpy()[off]):.3f}" in gaps
+    assert gaps.count("closes the gap most") == 3   # one per trained strategy
+    # Probe: one line per model, peak layer from probe.json.
+    probe = md.split("Layer-wise alignment probe")[1].split("## ")[0]
+    assert "| X-Y s1 | 2 |" in probe and "96 held-out NTREX units in 3 languages" in probe
+    assert summary["probe_gap"]["zeroshot"] == json.loads((results / "zeroshot" / "probe.json").read_text())["gap"]
+
+
 def test_missing_result_file_names_it_and_its_stage(tree: dict[str, Any], tmp_path: Path) -> None:
     results = tmp_path / "results"
     shutil.copytree(tree["results"], results)
@@ -305,6 +345,7 @@ def test_cli_with_the_repository_params(tree: dict[str, Any], repo: Path, tmp_pa
     for key in ("alpha_sweep", "data_fractions", "beir"):
         if key in params["experiments"]:
             params["experiments"][key] = []
+    params["experiments"]["probe"] = False
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     out = tmp_path / "reports"
@@ -313,7 +354,8 @@ def test_cli_with_the_repository_params(tree: dict[str, Any], repo: Path, tmp_pa
     assert {p.name for p in out.iterdir()} == {"report.md", "summary.json", "headline.csv", "figures", "timings.md"}
     assert "xquad_r hybrid: Mo" in capsys.readouterr().err
     md = (out / "report.md").read_text()
-    assert "α sweep" not in md and "BEIR" not in md
+    assert "α sweep" not in md and "BEIR" not in md and "alignment probe" not in md
+    assert "Language fairness" in md and "Alignment gap" in md   # their inputs exist
     (tree["results"] / "xy-s1" / "xquad_r" / "metrics.json").rename(tmp_path / "moved.json")
     try:
         assert main(["report", "--params", str(path), "--results", str(tree["results"]), "--out",

@@ -20,7 +20,7 @@ from .errors import UserError
 COMMANDS = {
     "fetch": "fetch", "eval-data": "evaldata", "train-data": "traindata",
     "import-encoder": "encoder_import", "batches": "batches", "train": "train", "encode": "encode",
-    "evaluate": "evaluate", "beir": "beir", "report": "report", "dvc-yaml": "pipeline",
+    "evaluate": "evaluate", "beir": "beir", "probe": "probe", "report": "report", "dvc-yaml": "pipeline",
 }
 # Set to a directory to record, per command, the params keys it read and the hybridir modules it
 # loaded (the tests compare them with the stage table).

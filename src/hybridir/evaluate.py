@@ -12,7 +12,8 @@ Output directory (written atomically, together with the metrics file):
   cell_queries.csv        number of queries per cell (0 = undefined cell, NaN in the matrices)
   map_multi.csv           per query language: ap (= mAP), r1, r10, ndcg10, rank_distance, n_queries
   per_query.parquet       setting, qlang, clang ("all" for multi), qid, n_rel, best_rank, ap, r1, r10,
-                          ndcg10, rank_distance (multi only; NaN elsewhere) -- for significance tests
+                          ndcg10, and for multi only (NaN elsewhere): rank_distance, peer (PEER@top_k),
+                          rank_in_<lang> (rank of the relevant candidate of each language; fairness.py)
   runs/mono_cross.trec.gz TREC run, top evaluate.top_k_cells per query; query id "<X>-><Y>/<qid>"
   runs/multi.trec.gz      TREC run against the pooled corpus, top evaluate.top_k; query id "<X>/<qid>"
   qrels/mono_cross.qrels.gz, qrels/multi.qrels.gz   the matching TREC qrels
@@ -39,12 +40,13 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 import pandas as pd
 
+from . import fairness as F
 from . import metrics as M
 from .atomic import atomic_outputs
 from .encode import Embeddings, read_embeddings, read_table
 from .evaldata import EvalTables
 from .errors import BadInput
-from .search import Pool, make_pool, normalise, search
+from .search import Pool, SearchResult, make_pool, normalise, search
 
 RUN_TAG = "hybridir"
 
@@ -134,6 +136,26 @@ def _gzip(stack: ExitStack, path: Path) -> gzip.GzipFile:
     return stack.enter_context(gzip.GzipFile(filename="", mode="wb", compresslevel=1, fileobj=raw, mtime=0))
 
 
+def pool_langs(pool: Pool, candidates: pd.DataFrame) -> np.ndarray:
+    """The language of each pool column."""
+    return candidates.set_index("cid")["lang"].loc[pool.cids].to_numpy().astype(str)
+
+
+def fairness_columns(result: SearchResult, rel_cols: np.ndarray, column_lang: np.ndarray,
+                     langs: list[str], k: int) -> dict[str, np.ndarray]:
+    """Per multilingual query: PEER@k (fairness.py) and the rank of its relevant candidate in each
+    language (rank_in_<lang>, NaN where the question lacks that language)."""
+    has = rel_cols >= 0
+    rel_langs = np.where(has, column_lang[np.maximum(rel_cols, 0)], "")
+    top_rel = (result.top_columns[:, :, None] == np.where(has, rel_cols, -1)[:, None, :]).any(axis=2)
+    out = {"peer": F.multi_peer(column_lang[result.top_columns], top_rel, result.ranks, rel_langs, k)}
+    for lang in langs:
+        in_lang = has & (rel_langs == lang)   # at most one relevant candidate per language
+        rank = np.where(in_lang, result.ranks, -np.inf).max(axis=1)
+        out[f"{F.RANK_PREFIX}{lang}"] = np.where(in_lang.any(axis=1), rank, np.nan)
+    return out
+
+
 def evaluate(tables: EvalTables, emb: Embeddings, *, top_k: int = 100, top_k_cells: int = 10,
              out_dir: Path | None = None, log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Per-query metrics for every cell and the multilingual setting; writes runs + qrels when
@@ -171,6 +193,8 @@ def evaluate(tables: EvalTables, emb: Embeddings, *, top_k: int = 100, top_k_cel
             if clang == M.MULTI:
                 setting = np.full(len(keep), "multi", dtype=object)
                 labels = np.char.add(np.char.add(qlangs.astype(str), "/"), q_qid[keep].astype(str))
+                scores.update(fairness_columns(result, rel_cols, pool_langs(pool, tables.candidates), langs,
+                                               top_k))
             else:
                 setting = np.where(qlangs == clang, "mono", "cross").astype(object)
                 scores["rank_distance"] = np.full(len(keep), np.nan)
@@ -234,6 +258,7 @@ def run_evaluation(emb_dir: str | Path, eval_dir: str | Path, out_dir: str | Pat
         per_query = evaluate(tables, emb, top_k=top_k, top_k_cells=top_k_cells, out_dir=tmp_out, log=log)
         t_search = time.perf_counter() - t0
         summary = write_reports(per_query, langs, tmp_out, title)
+        summary["peer_k"] = min(top_k, len(tables.candidates))   # PEER's cutoff: the multilingual run depth
         tmp_metrics.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         info = {"dataset": title, "embeddings": str(emb_dir), "eval_data": str(eval_dir), "languages": langs,
                 "n_queries": len(tables.queries), "n_candidates": len(tables.candidates),
@@ -254,7 +279,8 @@ def _run(args: argparse.Namespace) -> int:
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"{Path(args.eval_data).name}: mAP Mo {fmt(body['mo'])} Cr {fmt(body['cr'])} "
           f"Mul {fmt(body['mul'])}, "
-          f"rank distance {fmt(body['rank_distance'])} ({time.perf_counter() - t0:.1f}s) -> {args.out}, "
+          f"rank distance {fmt(body['rank_distance'])}, PEER@{body['peer_k']} {fmt(body.get('peer'))}, "
+          f"rank agreement {fmt(body.get('rank_corr'))} ({time.perf_counter() - t0:.1f}s) -> {args.out}, "
           f"{args.metrics}", file=sys.stderr)
     return 0
 

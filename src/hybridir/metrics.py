@@ -22,7 +22,10 @@ Aggregates (the paper's Table 1 / Table 2):
   is NaN and left out of every average;
 - Mo. = mean of the diagonal cells, Cr. = mean of the defined off-diagonal cells,
   Mul. = macro average over X of the per-language means against the pooled corpus;
-- rank distance = mean over the queries of X (multilingual setting), then macro over X.
+- rank distance = mean over the queries of X (multilingual setting), then macro over X;
+- language fairness (fairness.py), when per_query has its columns: peer = PEER@k (k = the run
+  depth evaluate.top_k), mean over the queries of X, then macro over X; rank_corr = the cross-language
+  rank agreement of X's queries, macro over X. Both higher = fairer.
 """
 from __future__ import annotations
 
@@ -32,7 +35,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .fairness import RANK_PREFIX, rank_agreement_by_lang
+
 METRIC_COLUMNS = ("ap", "r1", "r10", "ndcg10")
+FAIRNESS_COLUMNS = ("peer",)   # per-query language-fairness metrics of the multilingual setting
 MULTI = "all"  # corpus-language label of the pooled multilingual corpus
 
 
@@ -131,10 +137,13 @@ def off_diagonal_mean(matrix: pd.DataFrame) -> float:
 
 
 def multi_by_lang(per_query: pd.DataFrame, langs: list[str]) -> pd.DataFrame:
-    """Per query language: mean of every metric against the pooled corpus, and the query count."""
+    """Per query language: mean of every metric against the pooled corpus, and the query count;
+    with the fairness columns (fairness.py), the mean PEER and the rank agreement too."""
     multi = per_query[per_query["setting"] == "multi"]
-    cols = list(METRIC_COLUMNS) + ["rank_distance"]
+    cols = list(METRIC_COLUMNS) + ["rank_distance"] + [c for c in FAIRNESS_COLUMNS if c in multi.columns]
     table = multi.groupby("qlang")[cols].mean()
+    if any(c.startswith(RANK_PREFIX) for c in multi.columns):
+        table["rank_corr"] = rank_agreement_by_lang(multi, langs)
     table["n_queries"] = multi.groupby("qlang").size()
     table = table.reindex(langs)
     table["n_queries"] = table["n_queries"].fillna(0).astype(int)
@@ -170,6 +179,8 @@ def summarise(per_query: pd.DataFrame, langs: list[str]) -> dict[str, Any]:
         else:
             out.update({f"{name}_{setting}": v for setting, v in values.items()})
     out["rank_distance"] = _nanmean(multi["rank_distance"].to_numpy())
+    fairness = [c for c in ("peer", "rank_corr") if c in multi.columns]
+    out.update({c: _nanmean(multi[c].to_numpy()) for c in fairness})
     out = {k: _json_number(v) for k, v in out.items()}
 
     ap = cell_matrix(per_query, "ap", langs)
@@ -188,6 +199,7 @@ def summarise(per_query: pd.DataFrame, langs: list[str]) -> dict[str, Any]:
             "r1_cross": _json_number(_nanmean(r1.loc[x, others].to_numpy())),
             "r10_multi": _json_number(multi.loc[x, "r10"]),
             "n_queries_multi": int(multi.loc[x, "n_queries"]),
+            **{c: _json_number(multi.loc[x, c]) for c in fairness},
         }
     defined = counts.to_numpy() > 0
     out["n_cells"] = {"mono": int(np.diag(defined).sum()),

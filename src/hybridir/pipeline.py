@@ -248,7 +248,14 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 deps=(f"{res}embeddings/", "data/eval/"),
                 outs=(f"{res}eval/",), metrics=(metrics,), params=("evaluate.top_k", "evaluate.top_k_cells")))
         if "-a" in tag or "-f" in tag:
-            continue  # domain checks for the main grid only
+            continue  # domain checks and the probe for the main grid only
+        if params["experiments"]["probe"]:
+            result = f"results/{enc}/{tag}/probe.json"
+            report_deps.append(result)
+            out.append(Stage(
+                ident("probe", tag),
+                f"{EXECUTABLE} probe {p} --model {model_dir} --pairs {pairs}pairs.parquet --out {result}",
+                deps=(model_dir, pairs), outs=(), metrics=(result,)))
         for ds in params["experiments"]["beir"]:
             result = f"results/{enc}/{tag}/beir/{ds}.json"
             report_deps.append(result)

@@ -4,6 +4,7 @@ Reads (results/<encoder.name> = --results):
   <tag>/<dataset>/metrics.json            every configured tag and dataset (headline and per language)
   <tag>/<dataset>/eval/per_query.parquet  the main grid (significance tests, mAP matrices)
   <tag>/beir/<name>.json                  the main grid, when experiments.beir is non-empty
+  <tag>/probe.json                        the main grid, when experiments.probe is true
 and, for timings.md only and when present, models/trained/<encoder>/<tag>/train_summary.json (--models),
 <tag>/<dataset>/embeddings/meta.json and eval/info.json. Each is inside a dependency the stage table
 declares for the report stage (a test checks every file opened).
@@ -14,6 +15,10 @@ hybrid-a<alpha>-s<seed> (experiments.alpha_sweep) and <strategy>-f<fraction>-s<s
 (experiments.data_fractions: share of the training groups). A sweep point that is another run's
 setting reads that run (pipeline.make_run): alpha = train.alpha is hybrid-s<seed>, alpha 1 is
 xx_mono-s<seed> and alpha 0 is xy-s<seed> (the same batches), fraction 1 the full-data run.
+
+Sections beyond the paper's tables appear when their inputs exist: language fairness (PEER, rank
+agreement: metrics.json from this version of `hybridir evaluate`), the mono - cross alignment gap
+(from the per-query tables) and the layer-wise alignment probe (experiments.probe).
 
 Writes (--out, all together or nothing): report.md (byte-identical for runs of the same inputs),
 figures/, summary.json (DVC metrics, with the provenance: declared params and input hashes),
@@ -82,6 +87,7 @@ class Grid:
     alpha: dict[float, list[str]] = field(default_factory=dict)
     fraction: dict[tuple[str, float], list[str]] = field(default_factory=dict)
     beir: list[str] = field(default_factory=list)          # BEIR dataset names
+    probe: bool = False                                    # the layer-wise alignment probe (main grid)
 
     def main_tags(self) -> list[str]:
         return [t for tags in self.systems.values() for t in tags]
@@ -94,7 +100,7 @@ class Grid:
 
 def experiment_grid(params: dict[str, Any]) -> Grid:
     """Every tag the report reads, from params `experiments` (alpha_sweep, data_fractions and beir:
-    empty or absent = that experiment is off)."""
+    empty or absent = that experiment is off; probe: false or absent = off)."""
     exp = params["experiments"]
     seeds = list(exp["seeds"])
     systems = {"zeroshot": ["zeroshot"]}
@@ -103,7 +109,7 @@ def experiment_grid(params: dict[str, Any]) -> Grid:
               for a in exp.get("alpha_sweep") or []}
     fractions = {(s, float(f)): [make_run(params, s, seed, fraction=f).tag for seed in seeds]
                  for s in exp["strategies"] for f in exp.get("data_fractions") or []}
-    return Grid(systems, alphas, fractions, list(exp.get("beir") or []))
+    return Grid(systems, alphas, fractions, list(exp.get("beir") or []), bool(exp.get("probe")))
 
 
 # ---------------------------------------------------------------- reading results
@@ -125,6 +131,7 @@ class Results:
     metrics: dict[tuple[str, str], dict[str, Any]]     # (tag, dataset) -> metrics.json
     per_query: dict[tuple[str, str], pd.DataFrame]    # (tag, dataset) -> per_query (main grid)
     beir: dict[tuple[str, str], dict[str, Any]]       # (tag, name) -> beir JSON
+    probe: dict[str, dict[str, Any]] = field(default_factory=dict)   # tag -> probe.json (main grid)
 
 
 def required_files(results: Path, grid: Grid, datasets: Sequence[str]) -> list[tuple[Path, str]]:
@@ -141,6 +148,8 @@ def required_files(results: Path, grid: Grid, datasets: Sequence[str]) -> list[t
         for name in grid.beir:
             needed.append((results / tag / "beir" / f"{name}.json",
                            f"stage {ident('beir', tag, name)} (`hybridir beir --dataset {name}`)"))
+        if grid.probe:
+            needed.append((results / tag / "probe.json", f"stage {ident('probe', tag)} (`hybridir probe`)"))
     return needed
 
 
@@ -172,6 +181,8 @@ def load_results(results: str | Path, grid: Grid, datasets: Sequence[str]) -> Re
     for tag in grid.main_tags():
         for name in grid.beir:
             out.beir[tag, name] = _read_json(results / tag / "beir" / f"{name}.json")
+        if grid.probe:
+            out.probe[tag] = _read_json(results / tag / "probe.json")
     return out
 
 
@@ -750,6 +761,131 @@ def beir_md(t: Tables) -> list[str]:
                                       for m in ("ndcg10", "recall100")], rows) + [""]
 
 
+FAIRNESS = ("rank_distance", "peer", "rank_corr")
+
+
+def fairness_md(t: Tables) -> list[str]:
+    """Language fairness beside rank distance (fairness.py); nothing when the metrics files predate it."""
+    if not all("peer" in m for m in t.res.metrics.values()):
+        return []
+    k = sorted({m["peer_k"] for m in t.res.metrics.values() if m.get("peer_k") is not None}) or ["top_k"]
+    md = ["## Language fairness: PEER and rank agreement", "",
+          "Multilingual setting, macro over query languages, " + t.std_note + ". **PEER@k** (Yang et al., "
+          "SIGIR 2024, arXiv:2405.00978): per query, the Kruskal–Wallis p-value of equal expected rank "
+          f"across languages for the non-relevant candidates in the top k = {', '.join(map(str, k))} "
+          "(the relevant level is uninformative with one answer per language); higher = fairer. "
+          "**Rank agreement**: mean Spearman ρ, over pairs of languages, between the ranks of a "
+          "question's answers in the two languages across the questions; higher = the answer's "
+          "language matters less. Rank distance as in the paper's Table 2 (lower is better). "
+          "Bold = best per column.", ""]
+    rows, header = [], ["batches"]
+    for ds in t.datasets:
+        header += [f"{dataset_label(ds)} {name}" for name in ("rank distance", "PEER@k", "rank agreement")]
+    for system, tags in t.grid.systems.items():
+        cells = [t.labels[system]]
+        for ds in t.datasets:
+            agg = aggregate([t.res.metrics[tag, ds] for tag in tags], FAIRNESS)
+            for m in FAIRNESS:
+                column = [aggregate([t.res.metrics[tag, ds] for tag in ts], (m,))[m]
+                          for ts in t.grid.systems.values()]
+                cells.append(_bold_if(fmt(agg[m], agg[f"{m}_std"], _digits(m)), agg[m], _best(column, m)))
+        rows.append(cells)
+    return md + md_table(header, rows) + ["", "Per query language: `per_lang.<lang>.peer` and "
+                                          "`.rank_corr` in each metrics.json.", ""]
+
+
+def gap_matrix(matrix: pd.DataFrame) -> pd.DataFrame:
+    """Mono - cross gap per cell: mAP(X->X) - mAP(X->Y), rows X = query language (diagonal 0)."""
+    values = matrix.to_numpy(dtype=np.float64)
+    return pd.DataFrame(np.diag(values)[:, None] - values, index=matrix.index, columns=matrix.columns)
+
+
+def gap_sentence(label: str, gap: pd.DataFrame, base: pd.DataFrame) -> str:
+    """Where a trained system closes the mono - cross gap most, against the zero-shot base."""
+    off = ~np.eye(len(gap), dtype=bool)
+    closed = np.where(off, base.to_numpy() - gap.to_numpy(), np.nan)
+    if not np.isfinite(closed).any():
+        return f"{label}: no cross-lingual cell is defined."
+    i, j = np.unravel_index(np.nanargmax(closed), closed.shape)
+    mean = lambda g: float(np.nanmean(g.to_numpy()[off]))  # noqa: E731
+    return (f"{label} closes the gap most on {gap.index[i]}→{gap.columns[j]}: "
+            f"{base.iat[i, j]:.3f} → {gap.iat[i, j]:.3f} ({-closed[i, j]:+.3f}); mean over cells "
+            f"{mean(base):.3f} → {mean(gap):.3f}.")
+
+
+def gap_figure(gaps: dict[str, pd.DataFrame], labels: dict[str, str], title: str,
+               train_langs: Sequence[str], path: Path) -> Path:
+    """One heatmap of the mono - cross gap per system (shared diverging scale, red = larger gap)."""
+    n = len(next(iter(gaps.values())))
+    cell = 0.33 if n > 8 else 0.45
+    fig, axes = _figure(max(4.0, len(gaps) * (n * cell + 1.2)), n * cell + 1.6, 1, len(gaps))
+    lim = max(0.05, max(float(np.nanmax(np.abs(g.to_numpy()))) for g in gaps.values()))
+    for ax, (system, g) in zip(axes[0], gaps.items()):
+        values = g.to_numpy(dtype=np.float64)
+        image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_xticks(range(n), labels=[lang_label(x, train_langs) for x in g.columns], fontsize=6, rotation=90)
+        ax.set_yticks(range(n), labels=[lang_label(x, train_langs) for x in g.index], fontsize=6)
+        ax.set_title(f"{labels[system]}: mean gap {np.nanmean(values[~np.eye(n, dtype=bool)]):.3f}", fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                if i != j and math.isfinite(values[i, j]):
+                    ax.text(j, i, f"{values[i, j]:.2f}".replace("0.", ".", 1), ha="center", va="center",
+                            fontsize=4.5 if n > 8 else 6)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.02, pad=0.01)
+    fig.suptitle(f"{title}: mAP(X→X) − mAP(X→Y); rows X = query language, columns Y = corpus language",
+                 fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    return path
+
+
+def alignment_gap_md(t: Tables, figures: Path) -> list[str]:
+    """The mono - cross gap per model (heatmaps from the mAP matrices) and where each strategy closes it."""
+    md = ["## Alignment gap: monolingual − cross-lingual mAP", "",
+          "Per query language X and corpus language Y, the gap mAP(X→X) − mAP(X→Y) (the mAP matrices "
+          "above, seed means). A strategy closes the gap by raising cross-lingual or by lowering "
+          "monolingual mAP: read it beside the matrices.", ""]
+    for ds in t.datasets:
+        gaps = {s: gap_matrix(mean_matrix([t.res.per_query[tag, ds] for tag in tags]))
+                for s, tags in t.grid.systems.items()}
+        name = f"alignment_gap_{ds}.png"
+        gap_figure(gaps, t.labels, dataset_label(ds), t.train_langs, figures / name)
+        md += [f"### {dataset_label(ds)}", ""] + figure_link(name, f"{dataset_label(ds)} mono − cross gap")
+        md += [" ".join(gap_sentence(t.labels[s], g, gaps["zeroshot"]) for s, g in gaps.items()
+                        if s != "zeroshot"), ""]
+    return md
+
+
+def probe_figure(curves: dict[str, dict[str, Any]], path: Path) -> Path:
+    fig, axes = _figure(6.0, 3.6)
+    ax = axes[0][0]
+    for label, body in curves.items():
+        ax.plot(body["layers"], body["gap"], marker="o", ms=3, label=label)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("cosine: parallel − random pairs")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def probe_md(t: Tables, figures: Path) -> list[str]:
+    """The layer-wise alignment probe (one line per model); nothing when experiments.probe is off."""
+    if not t.grid.probe:
+        return []
+    curves = {f"{t.labels[s]}" + (f" s{tag.rsplit('-s', 1)[1]}" if len(tags) > 1 else ""): t.res.probe[tag]
+              for s, tags in t.grid.systems.items() for tag in tags}
+    first = next(iter(curves.values()))
+    md = ["## Layer-wise alignment probe", "",
+          f"Mean cosine of the mean-pooled hidden states of parallel sentences minus that of random pairs, "
+          f"per layer ({first['n_units']} held-out NTREX units in {len(first['langs'])} languages: "
+          f"{', '.join(first['langs'])}; all language pairs).", ""]
+    probe_figure(curves, figures / "alignment_probe.png")
+    md += figure_link("alignment_probe.png", "alignment probe")
+    rows = [[label, str(int(np.argmax(b["gap"]))), f"{max(b['gap']):.3f}", f"{b['gap'][-1]:.3f}"]
+            for label, b in curves.items()]
+    return md + md_table(["model", "peak layer", "peak gap", "last-layer gap"], rows) + [""]
+
+
 def numbered(sections: Sequence[list[str]]) -> list[str]:
     """The non-empty sections in order, their '## ' headings numbered 1, 2, ..."""
     md: list[str] = []
@@ -780,6 +916,11 @@ def summary_json(t: Tables, prov: dict[str, Any]) -> dict[str, Any]:
         summary["data_size"] = {ds: {s: {num(r["fraction"]): _metric_dict(r, HEADLINE) for _, r in g.iterrows()}
                                      for s, g in t.size[t.size["dataset"] == ds].groupby("strategy", sort=False)}
                                 for ds in datasets}
+    if all("peer" in m for m in t.res.metrics.values()):
+        summary["fairness"] = {ds: {s: aggregate([t.res.metrics[tag, ds] for tag in tags], FAIRNESS)
+                                    for s, tags in t.grid.systems.items()} for ds in datasets}
+    if t.grid.probe:
+        summary["probe_gap"] = {tag: t.res.probe[tag]["gap"] for tag in t.grid.main_tags()}
     if len(t.beir):
         summary["beir"] = {n: {r["strategy"]: _metric_dict(r, ("ndcg10", "recall100"))
                                for _, r in t.beir[t.beir["dataset"] == n].iterrows()} for n in t.grid.beir}
@@ -809,7 +950,8 @@ def build_report(inp: ReportInputs, out_dir: str | Path,
         figures.mkdir()
         md = title_md(t) + numbered([
             table1_md(t), table2_md(t), significance_md(t), per_language_md(t), heatmaps_md(t, figures),
-            alpha_md(t, figures), data_size_md(t, figures), beir_md(t), provenance_md(inp, prov)])
+            alpha_md(t, figures), data_size_md(t, figures), beir_md(t), fairness_md(t),
+            alignment_gap_md(t, figures), probe_md(t, figures), provenance_md(inp, prov)])
         summary = summary_json(t, prov)
         tmp["report.md"].write_text("\n".join(md) + "\n", encoding="utf-8")
         tmp["timings.md"].write_text("\n".join(timings_md(inp, t.grid, t.datasets)) + "\n", encoding="utf-8")
