@@ -237,8 +237,8 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 f"--out {res}embeddings",
                 deps=(model_dir, "data/eval/"),
                 outs=(f"{res}embeddings/",),
-                params=("encoder.query_prefix", "encoder.passage_prefix", "encoder.pooling",
-                        "encoder.max_length", "evaluate.batch_size", "evaluate.precision")))
+                # prefixes and pooling come from the model directory (its sentence-transformers config)
+                params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision")))
             metrics = f"{res}metrics.json"
             report_deps += [metrics, f"{res}eval/", f"{res}embeddings/"]
             out.append(Stage(
