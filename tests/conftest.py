@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -21,3 +22,16 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def mirror() -> Path:
     return require_mirror()
+
+
+@pytest.fixture
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """One torch thread here and in the processes a test starts: on a shared 2-core CPU, OpenMP
+    spinning makes more threads slower (up to ~50x for the tiny model), not faster."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,13 +21,7 @@ from tiny_encoder import SPEC, make_tiny_encoder
 pytest.importorskip("sentence_transformers")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """On a shared 2-core CPU OpenMP spinning makes more threads slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ from tiny_encoder import SPEC, make_tiny_encoder
 BATCH = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model gains nothing from threads, and on a shared CPU OpenMP spinning makes 2 threads ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

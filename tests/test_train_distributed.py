@@ -22,14 +22,7 @@ from pairs_fixture import build_pairs
 from tiny_encoder import SPEC, make_tiny_encoder
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch):
-    """One thread here and in the processes started (as in tests/test_train.py: a shared CPU)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
