@@ -20,6 +20,17 @@ Construction, per batch (one numpy Generator(PCG64(seed)) drives every draw, in 
 Sweeps: `--alpha` overrides train.alpha; `--group-fraction f` draws from a fixed share of each
 source's training groups (nested across fractions, the same for every strategy and seed).
 
+Domain data (`--domain-queries N`, pairs from domain.py): the domain source (NFCorpus, English only)
+is left out unless N is given; then N of its groups (queries; nested across N like fractions) are
+drawn from, as whole English X-X-mono batches in EVERY strategy: a uniform draw v per batch, from a
+second generator (PCG64([seed, 1]), so every strategy has the same domain steps), makes it a domain
+batch when v < N / (N + the other sources' groups), the sources' proportion to group counts. X-Y batches cannot hold one-language pairs, and using them only where
+the strategy builds X-X-mono batches would give the X-Y baseline none and hybrid alpha of them; this
+way every strategy sees domain batches at the same steps (same seed), and the strategy decides
+only the other batches. A domain batch also leaves out a query when a passage in the batch is
+relevant to it, or its passage is relevant to a query in the batch (its group's other documents):
+NFCorpus queries share many documents, and those would be false negatives.
+
 Groups are unique within a batch (translations of one item would be false negatives), and so
 are texts: no query text twice, no passage text twice among the positives and extra negatives
 (ARCD questions on one paragraph share their passage; a copy in another group would be a false
@@ -57,6 +68,7 @@ from .atomic import atomic_path
 from .errors import BadInput, MissingInput
 
 STRATEGIES = ("xx_mono", "xy", "hybrid")
+DOMAIN_SOURCE = "nfcorpus"   # the source of domain.py's rows: only in batches with --domain-queries
 PAIRS_COLUMNS = ("row_id", "source", "group_id", "lang", "query", "passage", "split")
 METADATA_KEY = b"hybridir.batches"
 
@@ -330,13 +342,58 @@ def keep_group_fraction(pairs: pd.DataFrame, fraction: float, split: str = "trai
     return rows[rows["group_id"].isin(set(keep))]
 
 
+def keep_domain_queries(rows: pd.DataFrame, n: int | None) -> pd.DataFrame:
+    """The rows of n groups of `rows` (None: all), in sha256(group_id) order: nested across n."""
+    groups = sorted(set(rows["group_id"].tolist()), key=lambda g: hashlib.sha256(g.encode("utf-8")).hexdigest())
+    return rows[rows["group_id"].isin(set(groups[:n]))]
+
+
+@dataclass
+class DomainPool:
+    """The domain source's English groups, the share of batches they get, and each group's relevant
+    passages (the passage text ids of all its rows)."""
+    src: SourceIndex
+    queue: EpochQueue
+    share: float
+    relevant: list[set[int]]
+
+
+def domain_pool(rows: pd.DataFrame, n: int | None, split: str, langs: list[str] | None,
+                batch_size: int, other_groups: int, texts: TextIds) -> DomainPool:
+    index = index_sources(keep_domain_queries(rows, n), split, langs).get(DOMAIN_SOURCE)
+    if index is None or "en" not in index.lang_groups:
+        raise BadInput(f"--domain-queries: the pairs table has no English {DOMAIN_SOURCE} rows in split "
+                       f"{split!r} (build it with `hybridir domain-data`; data.train_langs must hold en)")
+    groups = index.lang_groups["en"]
+    if len(groups) < batch_size:
+        raise BadInput(f"--domain-queries: {len(groups)} domain queries < train.batch_size {batch_size}")
+    relevant = [set(texts.passage[index.rows[(g, "en")]].tolist()) for g in range(index.size)]
+    return DomainPool(index, EpochQueue(groups), len(groups) / (len(groups) + other_groups), relevant)
+
+
+def _fill_domain(batch: Batch, pool: DomainPool, batch_size: int, rng: np.random.Generator) -> None:
+    held: set[int] = set()   # passages relevant to a query already in the batch
+
+    def accept(g: int) -> bool:
+        row = _pick_row(pool.src.rows[(g, "en")], rng)
+        if pool.relevant[g] & batch.passage_texts or batch.texts.passage[row] in held:
+            return False
+        if not batch.add(g, "en", "en", row, row):
+            return False
+        held.update(pool.relevant[g])
+        return True
+
+    pool.queue.take(batch_size, rng, accept)
+
+
 def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float | None, batch_size: int, steps: int,
                   seed: int, split: str = "train", langs: list[str] | None = None,
-                  extra_negatives: int = 0, group_fraction: float = 1.0,
+                  extra_negatives: int = 0, group_fraction: float = 1.0, domain_queries: int | None = 0,
                   log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """The batch table: one row per triplet, `steps` batches of `batch_size`, batch_id 0..steps-1.
 
     `group_fraction` < 1 draws from only that share of each source's groups (keep_group_fraction).
+    `domain_queries` (None: all) mixes in that many domain groups (module docstring); 0: none.
     """
     if strategy not in STRATEGIES:
         raise BadInput(f"strategy {strategy!r} unknown; allowed: {', '.join(STRATEGIES)}")
@@ -348,6 +405,10 @@ def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float | None, ba
         raise BadInput(f"train.extra_negatives = {extra_negatives} must be 0 or 1")
     check_pairs(pairs)
     texts = TextIds.of(pairs)   # of every row: row ids index it (row_id = row index)
+    is_domain = pairs["source"] == DOMAIN_SOURCE
+    domain_rows = pairs[is_domain]
+    if is_domain.any():
+        pairs = pairs[~is_domain]
     if group_fraction < 1:
         pairs = keep_group_fraction(pairs, group_fraction, split)
     index = index_sources(pairs, split, langs)
@@ -370,24 +431,32 @@ def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float | None, ba
                 + (" with at least two languages per group" if kind == "xy" else ""))
     weights = {kind: np.array([index[s].size for s in names], dtype=np.float64)
                for kind, names in eligible.items()}
+    domain = (domain_pool(domain_rows, domain_queries, split, langs, batch_size,
+                          sum(s.size for s in index.values()), texts) if domain_queries != 0 else None)
 
     rng = np.random.Generator(np.random.PCG64(seed))
+    if domain is not None:
+        domain_steps = np.random.Generator(np.random.PCG64([seed, 1])).random(steps) < domain.share
     cols: dict[str, list[Any]] = {f.name: [] for f in BATCH_SCHEMA}
     negs: list[int] = []
     for b in range(steps):
         u = rng.random()   # drawn for every strategy: see step 1 of the module docstring
         kind = strategy if strategy != "hybrid" else ("xx_mono" if u < alpha else "xy")
-        names = eligible[kind]
-        w = weights[kind]
-        source = names[int(rng.choice(len(names), p=w / w.sum()))]
-        src = index[source]
         batch = Batch(texts)
-        if kind == "xx_mono":
-            lang_names = sorted(pools.xx[source])
-            lang = lang_names[int(rng.integers(len(lang_names)))]
-            pools.xx[source][lang].take(batch_size, rng, lambda g: _add_xx(batch, src, g, lang, rng))
+        if domain is not None and domain_steps[b]:
+            kind, source, src = "xx_mono", DOMAIN_SOURCE, domain.src
+            _fill_domain(batch, domain, batch_size, rng)
         else:
-            pools.xy[source].take(batch_size, rng, lambda g: _add_xy(batch, src, g, rng))
+            names = eligible[kind]
+            w = weights[kind]
+            source = names[int(rng.choice(len(names), p=w / w.sum()))]
+            src = index[source]
+            if kind == "xx_mono":
+                lang_names = sorted(pools.xx[source])
+                lang = lang_names[int(rng.integers(len(lang_names)))]
+                pools.xx[source][lang].take(batch_size, rng, lambda g: _add_xx(batch, src, g, lang, rng))
+            else:
+                pools.xy[source].take(batch_size, rng, lambda g: _add_xy(batch, src, g, rng))
         if extra_negatives:
             _add_negatives(batch, src, rng)
             negs.extend(batch.negatives)
@@ -455,14 +524,26 @@ def _run(args: argparse.Namespace) -> int:
     langs = params["data"].get("train_langs")
     table = build_batches(pairs, strategy=args.strategy, alpha=alpha, batch_size=int(tp["batch_size"]),
                           steps=int(tp["steps"]), seed=args.seed, split="train", langs=langs,
-                          extra_negatives=int(tp["extra_negatives"]), group_fraction=args.group_fraction)
+                          extra_negatives=int(tp["extra_negatives"]), group_fraction=args.group_fraction,
+                          domain_queries=args.domain_queries)
     settings = {"strategy": args.strategy, "seed": args.seed, "alpha": alpha,
                 "batch_size": int(tp["batch_size"]), "steps": int(tp["steps"]),
                 "extra_negatives": int(tp["extra_negatives"]), "group_fraction": args.group_fraction,
                 "langs": langs, "pairs_fingerprint": pairs_fingerprint(pairs)}
+    if args.domain_queries != 0:   # recorded only when used: the other tables stay byte-identical
+        settings["domain_queries"] = "all" if args.domain_queries is None else args.domain_queries
     write_batches(table, args.out, settings)
     _stderr(f"batches: {args.out}: {summarize(table)}")
     return 0
+
+
+def domain_size(text: str) -> int | None:
+    """A domain size as commands and tags write it: an integer >= 0, or `all` (None)."""
+    if text == "all":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer >= 0 nor 'all'")
+    return int(text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -474,5 +555,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=None, help="override train.alpha (hybrid alpha sweep)")
     p.add_argument("--group-fraction", type=float, default=1.0,
                    help="use this share (0, 1] of each source's training groups (data-size sweep)")
+    p.add_argument("--domain-queries", type=domain_size, default=0,
+                   help="mix in this many domain groups (NFCorpus train queries; `all`) from the "
+                        "domain-data pairs table (domain-size sweep); default 0: none")
     p.add_argument("--out", required=True, help="output parquet, e.g. data/batches/hybrid-s0.parquet")
     p.set_defaults(func=_run)
