@@ -133,17 +133,25 @@ def num(x: float) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """One trained model: a batch strategy and seed, optionally at a swept alpha or data fraction."""
+    """One trained model: a batch strategy and seed, optionally at a swept alpha, data fraction or
+    domain size."""
     strategy: str
     seed: int
     alpha: float | None = None     # None: train.alpha from params (hybrid only)
     fraction: float | None = None  # None: every training group
+    domain: int | str | None = None  # NFCorpus train queries mixed in ("all": every one); None: none
 
     @property
     def tag(self) -> str:
         sweep = (f"-a{num(self.alpha)}" if self.alpha is not None else "") + \
-                (f"-f{num(self.fraction)}" if self.fraction is not None else "")
+                (f"-f{num(self.fraction)}" if self.fraction is not None else "") + \
+                (f"-d{self.domain}" if self.domain is not None else "")
         return f"{self.strategy}{sweep}-s{self.seed}"
+
+    @property
+    def main(self) -> bool:
+        """A run of the main grid (no sweep setting)."""
+        return self.alpha is None and self.fraction is None and self.domain is None
 
 
 def ident(*parts: str) -> str:
@@ -152,27 +160,44 @@ def ident(*parts: str) -> str:
 
 
 def make_run(params: dict[str, Any], strategy: str, seed: int, *, alpha: float | None = None,
-             fraction: float | None = None) -> Run:
+             fraction: float | None = None, domain: int | str | None = None) -> Run:
     """The Run for one setting. A sweep point that is another run's setting is that run, trained
     once: alpha = train.alpha is the main hybrid run; hybrid at alpha 1 (0) builds exactly the
-    X-X-mono (X-Y) batches (batches.py, step 1), so it is that run; fraction 1 is the full data."""
+    X-X-mono (X-Y) batches (batches.py, step 1), so it is that run; fraction 1 is the full data;
+    domain size 0 is no domain data."""
     if alpha is not None and float(alpha) in (0.0, 1.0):
         strategy, alpha = ("xx_mono" if float(alpha) == 1.0 else "xy"), None
     if alpha is not None and float(alpha) == float(params["train"]["alpha"]):
         alpha = None
     if fraction is not None and float(fraction) == 1.0:
         fraction = None
-    return Run(strategy, seed, alpha=alpha, fraction=fraction)
+    if domain == 0:
+        domain = None
+    return Run(strategy, seed, alpha=alpha, fraction=fraction, domain=domain)
 
 
 def runs(params: dict[str, Any]) -> list[Run]:
-    """Every trained model (each once): the main grid, then the optional alpha and data-size sweeps."""
+    """Every trained model (each once): the main grid, then the optional alpha, data-size and
+    domain-size sweeps."""
     exp = params["experiments"]
     main = [Run(s, seed) for s in exp["strategies"] for seed in exp["seeds"]]
     alpha = [make_run(params, "hybrid", seed, alpha=a) for a in exp["alpha_sweep"] for seed in exp["seeds"]]
     size = [make_run(params, s, seed, fraction=f) for f in exp["data_fractions"]
             for s in exp["strategies"] for seed in exp["seeds"]]
-    return list(dict.fromkeys(main + alpha + size))
+    domain = [make_run(params, s, seed, domain=d) for d in exp["domain_sizes"]
+              for s in exp["strategies"] for seed in exp["seeds"]]
+    return list(dict.fromkeys(main + alpha + size + domain))
+
+
+def beir_datasets(params: dict[str, Any], run: Run | None) -> list[str]:
+    """The BEIR checks of one model (run None: the zero-shot model): experiments.beir for the zero-shot
+    model and the main grid; NFCorpus for every point of the domain-size curves (the main grid is
+    their size 0) and the zero-shot model, their reference."""
+    exp = params["experiments"]
+    domain = ["nfcorpus"] if exp["domain_sizes"] else []
+    if run is None or run.main:
+        return list(dict.fromkeys(list(exp["beir"]) + domain))
+    return domain if run.domain is not None else []
 
 
 def model_tags(params: dict[str, Any]) -> list[str]:
@@ -203,32 +228,39 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
         Stage("import_encoder", f"{EXECUTABLE} import-encoder {p} --out {base}",
               deps=(), outs=(base,), params=import_params),
     ]
-    models = {"zeroshot": base}
+    all_runs = runs(params)
+    domain_pairs = "data/train_domain/"
+    if any(r.domain is not None for r in all_runs):
+        out.append(Stage("domain_data", f"{EXECUTABLE} domain-data --raw data/raw --pairs {pairs}pairs.parquet "
+                         f"--out {domain_pairs}", deps=("data/raw/", pairs), outs=(domain_pairs,)))
+    models: dict[str, tuple[str, Run | None]] = {"zeroshot": (base, None)}
     # train reads every train.* setting except alpha (batch_size, steps and extra_negatives to check
     # that the batch table is current) and data.train_langs (for the validation batches).
     train_params = tuple(f"train.{k}" for k in params["train"] if k != "alpha") + ("data.train_langs",)
-    for run in runs(params):
+    for run in all_runs:
         batches = f"data/batches/{run.tag}.parquet"
         model_dir = f"models/trained/{enc}/{run.tag}/"
-        models[run.tag] = model_dir
+        models[run.tag] = (model_dir, run)
+        run_pairs = pairs if run.domain is None else domain_pairs
         options = (f" --alpha {num(run.alpha)}" if run.alpha is not None else "") + \
-                  (f" --group-fraction {num(run.fraction)}" if run.fraction is not None else "")
+                  (f" --group-fraction {num(run.fraction)}" if run.fraction is not None else "") + \
+                  (f" --domain-queries {run.domain}" if run.domain is not None else "")
         tracks_alpha = run.strategy == "hybrid" and run.alpha is None
         out.append(Stage(
             ident("batches", run.tag),
-            f"{EXECUTABLE} batches {p} --pairs {pairs}pairs.parquet --strategy {run.strategy} "
+            f"{EXECUTABLE} batches {p} --pairs {run_pairs}pairs.parquet --strategy {run.strategy} "
             f"--seed {run.seed}{options} --out {batches}",
-            deps=(pairs,), outs=(batches,),
+            deps=(run_pairs,), outs=(batches,),
             params=("train.batch_size", "train.steps", "train.extra_negatives", "data.train_langs")
             + (("train.alpha",) if tracks_alpha else ())))
         out.append(Stage(
             ident("train", run.tag),
-            f"{EXECUTABLE} train {p} --base {base} --pairs {pairs}pairs.parquet "
+            f"{EXECUTABLE} train {p} --base {base} --pairs {run_pairs}pairs.parquet "
             f"--batches {batches} --out {model_dir}",
-            deps=(base, pairs, batches), outs=(model_dir,),
+            deps=(base, run_pairs, batches), outs=(model_dir,),
             params=train_params))
     report_deps = []
-    for tag, model_dir in models.items():
+    for tag, (model_dir, run) in models.items():
         for ds in params["data"]["eval_datasets"]:
             res = f"results/{enc}/{tag}/{ds}/"
             out.append(Stage(
@@ -247,16 +279,14 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 f"--out {res}eval --metrics {metrics}",
                 deps=(f"{res}embeddings/", "data/eval/"),
                 outs=(f"{res}eval/",), metrics=(metrics,), params=("evaluate.top_k", "evaluate.top_k_cells")))
-        if "-a" in tag or "-f" in tag:
-            continue  # domain checks and the probe for the main grid only
-        if params["experiments"]["probe"]:
+        if params["experiments"]["probe"] and (run is None or run.main):   # the main grid only
             result = f"results/{enc}/{tag}/probe.json"
             report_deps.append(result)
             out.append(Stage(
                 ident("probe", tag),
                 f"{EXECUTABLE} probe {p} --model {model_dir} --pairs {pairs}pairs.parquet --out {result}",
                 deps=(model_dir, pairs), outs=(), metrics=(result,)))
-        for ds in params["experiments"]["beir"]:
+        for ds in beir_datasets(params, run):
             result = f"results/{enc}/{tag}/beir/{ds}.json"
             report_deps.append(result)
             out.append(Stage(
@@ -266,10 +296,11 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 outs=(), params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision",
                                  "evaluate.beir_max_queries", "evaluate.beir_max_docs", "data.seed")))
     # The report reads each trained model's train_summary.json (timings.md) besides the results.
-    trained = tuple(d for tag, d in models.items() if tag != "zeroshot")
+    trained = tuple(d for d, run in models.values() if run is not None)
     exp = params["experiments"]
     sweep_csvs = tuple(f"reports/{name}.csv" for name, key in
-                       (("alpha_sweep", "alpha_sweep"), ("data_size", "data_fractions"), ("beir", "beir"))
+                       (("alpha_sweep", "alpha_sweep"), ("data_size", "data_fractions"),
+                        ("domain_size", "domain_sizes"), ("beir", "beir"))
                        if exp[key])
     out.append(Stage(
         "report", f"{EXECUTABLE} report {p} --results results/{enc} --out reports",
@@ -346,6 +377,8 @@ def dvc_yaml(stage_list: list[Stage], params: dict[str, Any], params_file: str =
         plots.append({"reports/alpha_sweep.csv": {"x": "alpha", "y": ["mo", "cr", "mul"]}})
     if params["experiments"]["data_fractions"]:
         plots.append({"reports/data_size.csv": {"x": "fraction", "y": ["mo", "cr", "mul"]}})
+    if params["experiments"]["domain_sizes"]:
+        plots.append({"reports/domain_size.csv": {"x": "domain_size", "y": ["mo", "cr", "mul", "nfcorpus_ndcg10"]}})
     return {"stages": body, "plots": plots}
 
 
