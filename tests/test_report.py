@@ -89,14 +89,14 @@ def grid_params(repo: Path) -> dict[str, Any]:
     params["train"]["alpha"] = 0.5
     params["experiments"].update(strategies=["xx_mono", "xy", "hybrid"], seeds=[0, 1],
                                  alpha_sweep=[0, 0.25, 0.5, 1], data_fractions=[0.5, 1.0],
-                                 beir=["nfcorpus", "arguana"])
+                                 domain_sizes=[0, 200, "all"], beir=["nfcorpus", "arguana"])
     return params
 
 
 def system_of(tag: str) -> str:
     if tag == "zeroshot":
         return tag
-    name = tag.rsplit("-s", 1)[0]
+    name = tag.rsplit("-s", 1)[0].split("-d")[0]   # domain runs: their strategy's vectors, other noise
     for sweep in ("-a", "-f"):
         if sweep in name:
             return sweep[1] + name.split(sweep)[1]   # hybrid-a0.25 -> a0.25, xy-f0.5 -> f0.5
@@ -111,6 +111,8 @@ def tree(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     enc = params["encoder"]["name"]
     results = root / "results" / enc
     main_tags = set(grid.main_tags())
+    matrix_tags = set(grid.matrix_tags())
+    domain_noise = {"d200": 100, "dall": 200}   # seed offsets: the domain runs differ from size 0
     for ds, subset in (("xquad_r", _xquad(mirror)), ("mlqa_r", _mlqa(mirror))):
         tables_dir = root / "data" / "eval" / ds
         evaldata.write_dataset(evaldata.EvalTables(*(df.reset_index(drop=True) for df in
@@ -120,9 +122,10 @@ def tree(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         langs = sorted(set(tables.candidates["lang"]))
         for tag in grid.all_tags():
             seed = 0 if tag == "zeroshot" else int(tag.rsplit("-s", 1)[1])
+            seed += next((n for d, n in domain_noise.items() if f"-{d}-" in tag), 0)
             emb = synthetic_embeddings(subset, system_of(tag), seed)
             run = results / tag / ds
-            if tag in main_tags:   # the real stage: embeddings dir, eval/ dir, metrics.json
+            if tag in matrix_tags:   # the real stage: embeddings dir, eval/ dir, metrics.json
                 write_embeddings(emb, run / "embeddings")
                 run_evaluation(run / "embeddings", tables_dir, run / "eval", run / "metrics.json")
             else:                  # sweeps: the report reads metrics.json only
@@ -148,6 +151,11 @@ def tree(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             (run_dir / "train_summary.json").write_text(json.dumps(
                 {"seconds": 812.4, "steps": 100, "best_step": 75, "steps_per_s": 0.14, "device": "cpu",
                  "returned_base_model": False}))
+    for tag in matrix_tags - main_tags:   # the domain runs: NFCorpus rises with the domain size
+        path = results / tag / "beir" / "nfcorpus.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"dataset": "nfcorpus", "ndcg10": 0.4 if "-dall-" in tag else 0.36,
+                                    "recall100": 0.8, "subsampled": False}))
     return {"root": root, "params": params, "results": results, "grid": grid,
             "models": root / "models" / "trained" / enc}
 
@@ -259,7 +267,8 @@ def test_figures_sweeps_beir_and_provenance(report: dict[str, Any], tree: dict[s
     links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", md)
     assert set(links) == {"figures/map_matrices_xquad_r.png", "figures/map_matrices_mlqa_r.png",
                           "figures/alpha_sweep.png", "figures/data_size.png", "figures/alignment_gap_xquad_r.png",
-                          "figures/alignment_gap_mlqa_r.png", "figures/alignment_probe.png"}
+                          "figures/alignment_gap_mlqa_r.png", "figures/alignment_probe.png",
+                          "figures/domain_size.png"}
     for link in links:
         assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     alpha = pd.read_csv(out / "alpha_sweep.csv")
@@ -291,8 +300,8 @@ def test_figures_sweeps_beir_and_provenance(report: dict[str, Any], tree: dict[s
 def test_fairness_gap_and_probe_sections(report: dict[str, Any], tree: dict[str, Any]) -> None:
     md, summary, results = report["md"], report["summary"], tree["results"]
     # Fairness table: seed means of the metrics files' peer and rank_corr.
-    assert "## 9. Language fairness: PEER and rank agreement" in md
-    section = md.split("## 9. Language fairness")[1].split("## 10.")[0]
+    assert "## 10. Language fairness: PEER and rank agreement" in md
+    section = md.split("## 10. Language fairness")[1].split("## 11.")[0]
     bodies = [json.loads((results / t / "xquad_r" / "metrics.json").read_text()) for t in ("xy-s0", "xy-s1")]
     for key in ("peer", "rank_corr"):
         mean = np.mean([b[key] for b in bodies])
@@ -411,7 +420,7 @@ def test_outputs_are_the_stage_tables(tree: dict[str, Any], report: dict[str, An
     assert {"reports/timings.md": {"cache": False}} in dvc["stages"]["report"]["outs"]
     assert "reports" not in dvc["stages"]["report"]["outs"]   # DVC outputs may not overlap
     plotted = {name for entry in dvc["plots"] for name in entry if name.startswith("reports/")}
-    assert plotted == {"reports/alpha_sweep.csv", "reports/data_size.csv"} <= set(stage.outs)
+    assert plotted == {"reports/alpha_sweep.csv", "reports/data_size.csv", "reports/domain_size.csv"} <= set(stage.outs)
     # Wall times and devices live in timings.md only: report.md is the same for every run.
     timings = (report["out"] / "timings.md").read_text()
     assert "| xy-s1 | 812 | 100 | 75 | 0.14 | cpu |" in timings and "| XQuAD-R | zeroshot | 5.5 | cpu |" in timings
@@ -437,3 +446,21 @@ def test_provenance_follows_declared_inputs_only(tree: dict[str, Any], tmp_path:
     after = provenance(inp, tree["grid"])
     changed = {k for k in before["inputs"] if before["inputs"][k] != after["inputs"][k]}
     assert changed == {"results/e5-small/xy-s0/xquad_r/metrics.json", "results/e5-small/hybrid-s1/mlqa_r/eval/"}
+
+
+def test_domain_size_section(report: dict[str, Any], tree: dict[str, Any]) -> None:
+    out, md, summary = report["out"], report["md"], report["summary"]
+    assert tree["grid"].domain["xy", "0"] == ["xy-s0", "xy-s1"]          # size 0 is the main run
+    assert tree["grid"].domain["xy", "all"] == ["xy-dall-s0", "xy-dall-s1"]
+    table = pd.read_csv(out / "domain_size.csv", dtype={"domain_size": str})
+    assert len(table) == 2 * 3 * 3 and list(dict.fromkeys(table["domain_size"])) == ["0", "200", "all"]
+    row = table[(table["strategy"] == "hybrid") & (table["domain_size"] == "all")].iloc[0]
+    assert row["nfcorpus_ndcg10"] == pytest.approx(0.4)
+    values = [json.loads((tree["results"] / t / "xquad_r" / "metrics.json").read_text())["mul"]
+              for t in ("hybrid-dall-s0", "hybrid-dall-s1")]
+    assert row["mul"] == pytest.approx(np.mean(values))
+    assert set(summary["domain_size"]["xquad_r"]["xy"]) == {"0", "200", "all"}
+    assert "Domain data (NFCorpus)" in md and "![domain size](figures/domain_size.png)" in md
+    # the per-pair changes: one row per strategy and non-zero size, against the main run
+    section = md.split("Domain data (NFCorpus)")[1].split("\n## ")[0]
+    assert section.count("| X-Y ") >= 2 * 2 and "largest drops" in section

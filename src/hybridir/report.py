@@ -3,7 +3,10 @@
 Reads (results/<encoder.name> = --results):
   <tag>/<dataset>/metrics.json            every configured tag and dataset (headline and per language)
   <tag>/<dataset>/eval/per_query.parquet  the main grid (significance tests, mAP matrices)
-  <tag>/beir/<name>.json                  the main grid, when experiments.beir is non-empty
+  <tag>/beir/<name>.json                  the main grid, when experiments.beir is non-empty; nfcorpus
+                                          also for the zero-shot model, the main grid and the domain
+                                          runs (<strategy>-d<size>-s<seed>) when experiments.domain_sizes
+                                          is non-empty (their per_query.parquet is read too)
   <tag>/probe.json                        the main grid, when experiments.probe is true
 and, for timings.md only and when present, models/trained/<encoder>/<tag>/train_summary.json (--models),
 <tag>/<dataset>/embeddings/meta.json and eval/info.json. Each is inside a dependency the stage table
@@ -22,7 +25,7 @@ agreement: metrics.json from this version of `hybridir evaluate`), the mono - cr
 
 Writes (--out, all together or nothing): report.md (byte-identical for runs of the same inputs),
 figures/, summary.json (DVC metrics, with the provenance: declared params and input hashes),
-headline.csv, alpha_sweep.csv / data_size.csv / beir.csv when those experiments are configured
+headline.csv, alpha_sweep.csv / data_size.csv / domain_size.csv / beir.csv when those experiments are configured
 (DVC plots), and timings.md (wall times and devices: an uncached output).
 """
 from __future__ import annotations
@@ -88,14 +91,26 @@ class Grid:
     fraction: dict[tuple[str, float], list[str]] = field(default_factory=dict)
     beir: list[str] = field(default_factory=list)          # BEIR dataset names
     probe: bool = False                                    # the layer-wise alignment probe (main grid)
+    domain: dict[tuple[str, str], list[str]] = field(default_factory=dict)   # (strategy, size) -> tags
 
     def main_tags(self) -> list[str]:
         return [t for tags in self.systems.values() for t in tags]
 
     def all_tags(self) -> list[str]:
         tags = self.main_tags() + [t for ts in self.alpha.values() for t in ts] + \
-            [t for ts in self.fraction.values() for t in ts]
+            [t for ts in self.fraction.values() for t in ts] + [t for ts in self.domain.values() for t in ts]
         return list(dict.fromkeys(tags))
+
+    def matrix_tags(self) -> list[str]:
+        """The tags whose per-query APs are read (mAP matrices): the main grid and the domain runs."""
+        return list(dict.fromkeys(self.main_tags() + [t for ts in self.domain.values() for t in ts]))
+
+    def beir_checks(self) -> list[tuple[str, str]]:
+        """(tag, BEIR dataset) of every check read, as pipeline.beir_datasets creates them."""
+        checks = [(t, name) for t in self.main_tags() for name in self.beir]
+        if self.domain:
+            checks += [(t, "nfcorpus") for t in self.matrix_tags()]
+        return list(dict.fromkeys(checks))
 
 
 def experiment_grid(params: dict[str, Any]) -> Grid:
@@ -109,7 +124,9 @@ def experiment_grid(params: dict[str, Any]) -> Grid:
               for a in exp.get("alpha_sweep") or []}
     fractions = {(s, float(f)): [make_run(params, s, seed, fraction=f).tag for seed in seeds]
                  for s in exp["strategies"] for f in exp.get("data_fractions") or []}
-    return Grid(systems, alphas, fractions, list(exp.get("beir") or []), bool(exp.get("probe")))
+    domain = {(s, str(d)): [make_run(params, s, seed, domain=d).tag for seed in seeds]
+              for s in exp["strategies"] for d in exp.get("domain_sizes") or []}
+    return Grid(systems, alphas, fractions, list(exp.get("beir") or []), bool(exp.get("probe")), domain)
 
 
 # ---------------------------------------------------------------- reading results
@@ -137,17 +154,17 @@ class Results:
 def required_files(results: Path, grid: Grid, datasets: Sequence[str]) -> list[tuple[Path, str]]:
     """(file, how it is produced) for everything the report reads."""
     needed: list[tuple[Path, str]] = []
-    main = set(grid.main_tags())
+    main = set(grid.matrix_tags())
     for tag in grid.all_tags():
         for ds in datasets:
             how = f"stage {ident('evaluate', tag, ds)} (`hybridir evaluate`)"
             needed.append((results / tag / ds / "metrics.json", how))
             if tag in main:
                 needed.append((results / tag / ds / "eval" / "per_query.parquet", how))
+    for tag, name in grid.beir_checks():
+        needed.append((results / tag / "beir" / f"{name}.json",
+                       f"stage {ident('beir', tag, name)} (`hybridir beir --dataset {name}`)"))
     for tag in grid.main_tags():
-        for name in grid.beir:
-            needed.append((results / tag / "beir" / f"{name}.json",
-                           f"stage {ident('beir', tag, name)} (`hybridir beir --dataset {name}`)"))
         if grid.probe:
             needed.append((results / tag / "probe.json", f"stage {ident('probe', tag)} (`hybridir probe`)"))
     return needed
@@ -165,7 +182,7 @@ def load_results(results: str | Path, grid: Grid, datasets: Sequence[str]) -> Re
             f"{len(missing)} result file(s) for the experiments configured in params `experiments` are "
             f"missing:\n{shown}{more}\nproduce them with `snakemake --cores 2` or `dvc repro` (or drop the "
             "experiment from params)")
-    main = set(grid.main_tags())
+    main = set(grid.matrix_tags())
     out = Results({}, {}, {})
     columns = ["setting", "qlang", "clang", "qid", "ap"]
     for tag in grid.all_tags():
@@ -178,9 +195,9 @@ def load_results(results: str | Path, grid: Grid, datasets: Sequence[str]) -> Re
                 if absent:
                     raise BadInput(f"{path} lacks columns {absent}; re-run `hybridir evaluate`")
                 out.per_query[tag, ds] = table[columns]
+    for tag, name in grid.beir_checks():
+        out.beir[tag, name] = _read_json(results / tag / "beir" / f"{name}.json")
     for tag in grid.main_tags():
-        for name in grid.beir:
-            out.beir[tag, name] = _read_json(results / tag / "beir" / f"{name}.json")
         if grid.probe:
             out.probe[tag] = _read_json(results / tag / "probe.json")
     return out
@@ -233,6 +250,20 @@ def beir_table(res: Results, grid: Grid) -> pd.DataFrame:
             bodies = [res.beir[t, name] for t in tags]
             agg = aggregate(bodies, ("ndcg10", "recall100"))
             rows.append({"dataset": name, "strategy": system, **agg,
+                         "subsampled": any(b.get("subsampled") for b in bodies)})
+    return pd.DataFrame(rows)
+
+
+def domain_table(res: Results, grid: Grid, datasets: Sequence[str]) -> pd.DataFrame:
+    """Per dataset, strategy and domain size: the headline metrics and NFCorpus nDCG@10 (seed means)."""
+    rows = []
+    for ds in datasets:
+        for (strategy, size), tags in grid.domain.items():
+            bodies = [res.beir[t, "nfcorpus"] for t in tags]
+            nf = aggregate(bodies, ("ndcg10",))
+            rows.append({"dataset": ds, "strategy": strategy, "domain_size": size,
+                         **aggregate([res.metrics[t, ds] for t in tags], HEADLINE),
+                         "nfcorpus_ndcg10": nf["ndcg10"], "nfcorpus_ndcg10_std": nf["ndcg10_std"],
                          "subsampled": any(b.get("subsampled") for b in bodies)})
     return pd.DataFrame(rows)
 
@@ -453,6 +484,49 @@ def data_size_figure(table: pd.DataFrame, zeroshot: pd.DataFrame, datasets: Sequ
     return _save(fig, path)
 
 
+def domain_figure(table: pd.DataFrame, zeroshot: pd.DataFrame, zeroshot_nfcorpus: float,
+                  datasets: Sequence[str], labels: dict[str, str], path: Path) -> Path:
+    """The trade-off: Mo./Cr./Mul. (one row per dataset) and NFCorpus nDCG@10 (top right) against the
+    domain size, one line per strategy; dashed: zero-shot."""
+    panels = ("mo", "cr", "mul", "nfcorpus_ndcg10")
+    fig, axes = _figure(3.4 * len(panels), 2.8 * len(datasets), len(datasets), len(panels))
+    sizes = list(dict.fromkeys(table["domain_size"]))   # config order; "all" is a category too
+    for r, ds in enumerate(datasets):
+        rows = table[table["dataset"] == ds]
+        base = zeroshot[zeroshot["dataset"] == ds].iloc[0]
+        for c, metric in enumerate(panels):
+            ax = axes[r][c]
+            if metric == "nfcorpus_ndcg10" and r > 0:   # the same for every dataset row
+                ax.axis("off")
+                continue
+            for strategy, group in rows.groupby("strategy", sort=False):
+                _errorbar(ax, [sizes.index(x) for x in group["domain_size"]], group, metric,
+                          label=labels.get(strategy, strategy))
+            ax.axhline(zeroshot_nfcorpus if metric == "nfcorpus_ndcg10" else base[metric], color="grey",
+                       ls="--", lw=0.8, label="zero-shot")
+            ax.set_xticks(range(len(sizes)), labels=sizes)
+            ax.set_title("NFCorpus nDCG@10" if metric == "nfcorpus_ndcg10"
+                         else f"{dataset_label(ds)} {METRIC_LABELS[metric]}", fontsize=9)
+            ax.set_xlabel("NFCorpus training queries")
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def domain_pair_changes(t: "Tables", ds: str) -> pd.DataFrame:
+    """Per strategy and non-zero domain size: the mAP matrix minus that at size 0 (seed means), as rows
+    (strategy, size, qlang, clang, delta)."""
+    rows = []
+    for (strategy, size), tags in t.grid.domain.items():
+        if size == "0":
+            continue
+        base = mean_matrix([t.res.per_query[tag, ds] for tag in t.grid.systems[strategy]])   # size 0
+        delta = mean_matrix([t.res.per_query[tag, ds] for tag in tags]) - base
+        rows += [{"strategy": strategy, "domain_size": size, "qlang": q, "clang": c, "delta": delta.at[q, c]}
+                 for q in delta.index for c in delta.columns]
+    return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -499,6 +573,7 @@ class Tables:
     sig: pd.DataFrame        # significance
     alpha: pd.DataFrame      # sweep_table over alpha (empty: sweep off)
     size: pd.DataFrame       # sweep_table over data fractions (empty: sweep off)
+    domain: pd.DataFrame     # domain_table (empty: sweep off)
     beir: pd.DataFrame       # beir_table (empty: off)
     n_permutations: int
 
@@ -533,6 +608,7 @@ def build_tables(inp: ReportInputs, log: Callable[[str], None]) -> Tables:
         alpha=sweep_table(res, grid.alpha, datasets, ["alpha"]) if grid.alpha else pd.DataFrame(),
         size=(sweep_table(res, grid.fraction, datasets, ["strategy", "fraction"])
               if grid.fraction else pd.DataFrame()),
+        domain=domain_table(res, grid, datasets) if grid.domain else pd.DataFrame(),
         beir=beir_table(res, grid) if grid.beir else pd.DataFrame(),
         n_permutations=inp.n_permutations)
 
@@ -732,6 +808,39 @@ def data_size_md(t: Tables, figures: Path) -> list[str]:
                          align="llrrrrr") + [""]
 
 
+def domain_md(t: Tables, figures: Path) -> list[str]:
+    """The domain-size sweep: the trade-off figure and table, and which language pairs pay."""
+    if not len(t.domain):
+        return []
+    zero_nf = seed_stats([_value(t.res.beir["zeroshot", "nfcorpus"]["ndcg10"])])[0]
+    md = ["## Domain data (NFCorpus)", "",
+          "Each strategy trained with that many NFCorpus train queries mixed in (English X-X-mono domain "
+          "batches in every strategy, at the same steps; README \"Domain data\"), "
+          f"{t.std_note}; size 0 is the main run. NFCorpus nDCG@10 on its test queries and full corpus"
+          + (" (SUBSAMPLED: evaluate.beir_max_* are set, not comparable with published numbers)"
+             if t.domain["subsampled"].any() else "") + f". Dashed: zero-shot base (NFCorpus {zero_nf:.3f}).", ""]
+    domain_figure(t.domain, _zeroshot_rows(t), zero_nf, t.datasets, t.labels, figures / "domain_size.png")
+    md += figure_link("domain_size.png", "domain size")
+    rows = [[dataset_label(r["dataset"]), t.labels.get(r["strategy"], r["strategy"]), str(r["domain_size"])]
+            + [fmt(r[m], r[f"{m}_std"], _digits(m)) for m in ("mo", "cr", "mul", "nfcorpus_ndcg10")]
+            for _, r in t.domain.iterrows()]
+    md += md_table(["dataset", "batches", "queries", "Mo.", "Cr.", "Mul.", "NFCorpus nDCG@10"], rows,
+                   align="llrrrrr") + [""]
+    md += ["Which language pairs pay for the domain data: the change of each mAP-matrix cell (query → "
+           "corpus language) against size 0, mean over cells and the three largest drops.", ""]
+    for ds in t.datasets:
+        changes = domain_pair_changes(t, ds)
+        rows = []
+        for (strategy, size), g in changes.groupby(["strategy", "domain_size"], sort=False):
+            worst = g.nsmallest(3, "delta")
+            rows.append([t.labels.get(strategy, strategy), str(size), f"{g['delta'].mean():+.3f}",
+                         ", ".join(f"{r.qlang}→{r.clang} {r.delta:+.3f}" for r in worst.itertuples())])
+        if rows:
+            md += [f"### {dataset_label(ds)}", ""] + md_table(
+                ["batches", "queries", "mean Δ mAP", "largest drops"], rows, align="lrrl") + [""]
+    return md
+
+
 def beir_md(t: Tables) -> list[str]:
     """The English out-of-domain checks; nothing when experiments.beir is empty."""
     beir = t.beir
@@ -921,6 +1030,11 @@ def summary_json(t: Tables, prov: dict[str, Any]) -> dict[str, Any]:
                                     for s, tags in t.grid.systems.items()} for ds in datasets}
     if t.grid.probe:
         summary["probe_gap"] = {tag: t.res.probe[tag]["gap"] for tag in t.grid.main_tags()}
+    if len(t.domain):
+        summary["domain_size"] = {ds: {s: {str(r["domain_size"]): _metric_dict(r, HEADLINE + ("nfcorpus_ndcg10",))
+                                           for _, r in g.iterrows()}
+                                       for s, g in t.domain[t.domain["dataset"] == ds].groupby("strategy", sort=False)}
+                                  for ds in datasets}
     if len(t.beir):
         summary["beir"] = {n: {r["strategy"]: _metric_dict(r, ("ndcg10", "recall100"))
                                for _, r in t.beir[t.beir["dataset"] == n].iterrows()} for n in t.grid.beir}
@@ -930,7 +1044,8 @@ def summary_json(t: Tables, prov: dict[str, Any]) -> dict[str, Any]:
 def csv_tables(t: Tables) -> dict[str, pd.DataFrame]:
     """The CSV outputs by file name; the sweep and BEIR ones only when configured."""
     head = t.head[["strategy", "dataset", *HEADLINE, *SECONDARY, "n_seeds", *(f"{m}_std" for m in HEADLINE)]]
-    optional = {"alpha_sweep.csv": t.alpha, "data_size.csv": t.size, "beir.csv": t.beir}
+    optional = {"alpha_sweep.csv": t.alpha, "data_size.csv": t.size, "domain_size.csv": t.domain,
+                "beir.csv": t.beir}
     return {"headline.csv": head, **{name: table for name, table in optional.items() if len(table)}}
 
 
@@ -950,7 +1065,7 @@ def build_report(inp: ReportInputs, out_dir: str | Path,
         figures.mkdir()
         md = title_md(t) + numbered([
             table1_md(t), table2_md(t), significance_md(t), per_language_md(t), heatmaps_md(t, figures),
-            alpha_md(t, figures), data_size_md(t, figures), beir_md(t), fairness_md(t),
+            alpha_md(t, figures), data_size_md(t, figures), beir_md(t), domain_md(t, figures), fairness_md(t),
             alignment_gap_md(t, figures), probe_md(t, figures), provenance_md(inp, prov)])
         summary = summary_json(t, prov)
         tmp["report.md"].write_text("\n".join(md) + "\n", encoding="utf-8")
