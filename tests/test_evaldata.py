@@ -1,7 +1,6 @@
 """XQuAD-R / MLQA-R tables: LAReQA's published counts, qrels integrity, subsampling, bad input."""
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from hybridir import evaldata
+from hybridir import cli, evaldata
 from hybridir.sources import find, load_registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,11 +143,8 @@ def _params(tmp_path: Path, **data) -> Path:
 
 
 def _run_stage(*argv: str) -> int:
-    """The eval-data subcommand as the CLI registers it (without importing the other stages)."""
-    parser = argparse.ArgumentParser()
-    evaldata.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["eval-data", *argv])
-    return args.func(args)
+    """The eval-data subcommand through the real CLI (which loads only this stage's module)."""
+    return cli.main(["eval-data", *argv])
 
 
 def test_cli_writes_tables_and_stats(mirror, tmp_path):
@@ -164,14 +160,14 @@ def test_cli_writes_tables_and_stats(mirror, tmp_path):
         {"de": 1276, "en": 1180}
 
 
-def test_cli_failure_leaves_no_output(mirror, tmp_path):
+def test_cli_failure_leaves_no_output(mirror, tmp_path, capsys):
     params = _params(tmp_path, eval_langs=["en"])
     out = tmp_path / "eval"
     (out / "xquad_r").mkdir(parents=True)
     (out / "xquad_r" / "stats.json").write_text("{}")  # an earlier, complete output
     path = _raw_copy(mirror, tmp_path, "xquad-r", "en")
     path.write_bytes(b"{")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        _run_stage("--params", str(params), "--raw", str(tmp_path / "raw"), "--out", str(out))
+    assert _run_stage("--params", str(params), "--raw", str(tmp_path / "raw"), "--out", str(out)) == 2
+    assert "not valid JSON" in capsys.readouterr().err
     assert [p.name for p in out.rglob("*")] == ["xquad_r", "stats.json"]  # untouched
     assert not list(tmp_path.glob(".eval.*"))  # no temporary left behind

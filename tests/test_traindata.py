@@ -2,7 +2,6 @@
 zero exact-string overlap with XQuAD-R / MLQA-R."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from hybridir import traindata
+from hybridir import cli, traindata
 from hybridir.config import ConfigError, validate
 from hybridir.sources import load_registry
 
@@ -28,10 +27,8 @@ def _data(**changes) -> dict:
 
 
 def _run_stage(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    traindata.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train-data", *argv])
-    return args.func(args)
+    """The train-data subcommand through the real CLI (which loads only this stage's module)."""
+    return cli.main(["train-data", *argv])
 
 
 @pytest.fixture(scope="module")
