@@ -93,7 +93,8 @@ def test_every_stage_command_refuses_bad_params_first(case: str, tmp_path: Path,
     commands = _stage_commands(params, tmp_path)
     parser = cli.build_parser()
     registered = set(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices)
-    assert registered - {"fetch", "domain-data"} <= set(commands), "a stage command is not covered here"  # those two read no params
+    # fetch, domain-data and dev-data read no params
+    assert registered - {"fetch", "domain-data", "dev-data"} <= set(commands), "a stage command is not covered here"
     for name, argv in commands.items():
         assert cli.main(argv) == 2, name
         err = capsys.readouterr().err

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from hybridir import evaldata
+from hybridir import devdata, evaldata, traindata
 from hybridir import metrics as M
 from hybridir.cli import main
 from hybridir.encode import Embeddings, write_embeddings
@@ -53,6 +53,14 @@ def _mlqa(mirror: Path) -> evaldata.EvalTables:
     pos = pd.Index(c["cid"]).get_indexer(qrels["cid"])
     near = sorted({p + d for p in pos for d in (-2, -1, 0, 1, 2) if 0 <= p + d < len(c)})
     return evaldata.EvalTables(t.queries[t.queries["qid"].isin(qids)], c.iloc[near], qrels)
+
+
+def _dev(mirror: Path, repo: Path) -> evaldata.EvalTables:
+    """The dev benchmark (devdata.py) of a small real pairs table: held-out NTREX documents in ar, de, en."""
+    data = yaml.safe_load((repo / "params.yaml").read_text())["data"] | {
+        "train_sources": ["ntrex"], "train_langs": ["ar", "de", "en"], "max_groups_per_source": 100,
+        "valid_fraction": 0.2}
+    return devdata.dev_tables(traindata.build_pairs(mirror, data)[0])
 
 
 def synthetic_embeddings(tables: evaldata.EvalTables, system: str, seed: int) -> Embeddings:
@@ -89,7 +97,7 @@ def grid_params(repo: Path) -> dict[str, Any]:
     params["train"]["alpha"] = 0.5
     params["experiments"].update(strategies=["xx_mono", "xy", "hybrid"], seeds=[0, 1],
                                  alpha_sweep=[0, 0.25, 0.5, 1], data_fractions=[0.5, 1.0],
-                                 domain_sizes=[0, 200, "all"], beir=["nfcorpus", "arguana"])
+                                 domain_sizes=[0, 200, "all"], beir=["nfcorpus", "arguana"], dev=True)
     return params
 
 
@@ -113,8 +121,8 @@ def tree(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     main_tags = set(grid.main_tags())
     matrix_tags = set(grid.matrix_tags())
     domain_noise = {"d200": 100, "dall": 200}   # seed offsets: the domain runs differ from size 0
-    for ds, subset in (("xquad_r", _xquad(mirror)), ("mlqa_r", _mlqa(mirror))):
-        tables_dir = root / "data" / "eval" / ds
+    for ds, subset in (("xquad_r", _xquad(mirror)), ("mlqa_r", _mlqa(mirror)), ("dev", _dev(mirror, repo))):
+        tables_dir = root / "data" / ("dev" if ds == "dev" else f"eval/{ds}")
         evaldata.write_dataset(evaldata.EvalTables(*(df.reset_index(drop=True) for df in
                                                      (subset.queries, subset.candidates, subset.qrels))),
                                tables_dir)
@@ -218,7 +226,8 @@ def test_headline_tables_match_the_metrics_files(tree: dict[str, Any], report: d
     # headline.csv: one row per system and dataset.
     head = pd.read_csv(report["out"] / "headline.csv")
     assert list(head.columns[:6]) == ["strategy", "dataset", "mo", "cr", "mul", "rank_distance"]
-    assert len(head) == 8
+    assert len(head) == 12 and set(head["dataset"]) == {"xquad_r", "mlqa_r", "dev"}   # the dev set beside
+    assert "### dev (held-out training documents)" in md and "> **dev (held-out training documents)**" in md
     assert PAPER_TABLE1["XLM-R"]["hybrid"]["xquad_r"] == (.798, .705, .593)
 
 
@@ -266,20 +275,20 @@ def test_figures_sweeps_beir_and_provenance(report: dict[str, Any], tree: dict[s
     out, md, summary = report["out"], report["md"], report["summary"]
     links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", md)
     assert set(links) == {"figures/map_matrices_xquad_r.png", "figures/map_matrices_mlqa_r.png",
-                          "figures/alpha_sweep.png", "figures/data_size.png", "figures/alignment_gap_xquad_r.png",
-                          "figures/alignment_gap_mlqa_r.png", "figures/alignment_probe.png",
-                          "figures/domain_size.png"}
+                          "figures/map_matrices_dev.png", "figures/alpha_sweep.png", "figures/data_size.png",
+                          "figures/alignment_gap_xquad_r.png", "figures/alignment_gap_mlqa_r.png",
+                          "figures/alignment_gap_dev.png", "figures/alignment_probe.png", "figures/domain_size.png"}
     for link in links:
         assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     alpha = pd.read_csv(out / "alpha_sweep.csv")
-    assert sorted(set(alpha["alpha"])) == [0.0, 0.25, 0.5, 1.0] and set(alpha["dataset"]) == {"xquad_r", "mlqa_r"}
+    assert sorted(set(alpha["alpha"])) == [0.0, 0.25, 0.5, 1.0] and set(alpha["dataset"]) == {"xquad_r", "mlqa_r", "dev"}
     mid = alpha[(alpha["alpha"] == 0.5) & (alpha["dataset"] == "xquad_r")].iloc[0]
     values = [json.loads((tree["results"] / t / "xquad_r" / "metrics.json").read_text())["mo"]
               for t in ("hybrid-s0", "hybrid-s1")]
     assert mid["mo"] == pytest.approx(np.mean(values)) and mid["mo_std"] == pytest.approx(np.std(values, ddof=1))
     assert (alpha["n_seeds"] == 2).all()
     size = pd.read_csv(out / "data_size.csv")
-    assert len(size) == 2 * 3 * 2 and set(size["fraction"]) == {0.5, 1.0}
+    assert len(size) == 3 * 3 * 2 and set(size["fraction"]) == {0.5, 1.0}
     full = size[(size["fraction"] == 1.0) & (size["strategy"] == "xy") & (size["dataset"] == "mlqa_r")].iloc[0]
     values = [json.loads((tree["results"] / t / "mlqa_r" / "metrics.json").read_text())["cr"]
               for t in ("xy-s0", "xy-s1")]
@@ -319,7 +328,7 @@ def test_fairness_gap_and_probe_sections(report: dict[str, Any], tree: dict[str,
     off = ~np.eye(len(base), dtype=bool)
     closed = np.where(off, (base - xy).to_numpy(), np.nan)
     i, j = np.unravel_index(np.nanargmax(closed), closed.shape)
-    gaps = md.split("Alignment gap")[1].split("### MLQA-R")[1]
+    gaps = md.split("Alignment gap")[1].split("### MLQA-R")[1].split("### dev")[0]
     assert (f"X-Y closes the gap most on {base.index[i]}→{base.columns[j]}: {base.iat[i, j]:.3f} → "
             f"{xy.iat[i, j]:.3f}") in gaps
     assert f"mean over cells {np.nanmean(base.to_numpy()[off]):.3f} → {np.nanmean(xy.to_numpy()[off]):.3f}" in gaps
@@ -453,7 +462,7 @@ def test_domain_size_section(report: dict[str, Any], tree: dict[str, Any]) -> No
     assert tree["grid"].domain["xy", "0"] == ["xy-s0", "xy-s1"]          # size 0 is the main run
     assert tree["grid"].domain["xy", "all"] == ["xy-dall-s0", "xy-dall-s1"]
     table = pd.read_csv(out / "domain_size.csv", dtype={"domain_size": str})
-    assert len(table) == 2 * 3 * 3 and list(dict.fromkeys(table["domain_size"])) == ["0", "200", "all"]
+    assert len(table) == 3 * 3 * 3 and list(dict.fromkeys(table["domain_size"])) == ["0", "200", "all"]   # datasets (xquad_r, mlqa_r, dev) x strategies x sizes
     row = table[(table["strategy"] == "hybrid") & (table["domain_size"] == "all")].iloc[0]
     assert row["nfcorpus_ndcg10"] == pytest.approx(0.4)
     values = [json.loads((tree["results"] / t / "xquad_r" / "metrics.json").read_text())["mul"]

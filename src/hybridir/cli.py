@@ -19,6 +19,7 @@ from .errors import UserError
 # subcommand -> module of hybridir that registers it (and holds the stage's code)
 COMMANDS = {
     "fetch": "fetch", "eval-data": "evaldata", "train-data": "traindata", "domain-data": "domain",
+    "dev-data": "devdata",
     "import-encoder": "encoder_import", "batches": "batches", "train": "train", "encode": "encode",
     "evaluate": "evaluate", "beir": "beir", "probe": "probe", "report": "report", "dvc-yaml": "pipeline",
 }

@@ -205,6 +205,18 @@ def model_tags(params: dict[str, Any]) -> list[str]:
     return ["zeroshot"] + [r.tag for r in runs(params)]
 
 
+DEV = "dev"   # the dev benchmark's dataset name (devdata.py)
+
+
+def scored_datasets(params: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Every dataset each model is encoded and evaluated on -> (the stage output holding it, its tables'
+    directory): data.eval_datasets, then the dev benchmark when experiments.dev is on."""
+    out = {ds: ("data/eval/", f"data/eval/{ds}") for ds in params["data"]["eval_datasets"]}
+    if params["experiments"]["dev"]:
+        out[DEV] = ("data/dev/", "data/dev")
+    return out
+
+
 def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Stage]:
     enc = params["encoder"]["name"]
     base = f"models/base/{enc}/"
@@ -225,6 +237,10 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
               params=("data.train_sources", "data.train_langs", "data.valid_fraction",
                       "data.max_groups_per_source", "data.context_sentences", "data.context_sides",
                       "data.seed")),
+    ] + ([
+        Stage("dev_data", f"{EXECUTABLE} dev-data --pairs {pairs}pairs.parquet --raw data/raw --out data/dev",
+              deps=(pairs, "data/raw/"), outs=("data/dev/",)),
+    ] if params["experiments"]["dev"] else []) + [
         Stage("import_encoder", f"{EXECUTABLE} import-encoder {p} --out {base}",
               deps=(), outs=(base,), params=import_params),
     ]
@@ -261,13 +277,13 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
             params=train_params))
     report_deps = []
     for tag, (model_dir, run) in models.items():
-        for ds in params["data"]["eval_datasets"]:
+        for ds, (tables_out, tables) in scored_datasets(params).items():
             res = f"results/{enc}/{tag}/{ds}/"
             out.append(Stage(
                 ident("encode", tag, ds),
-                f"{EXECUTABLE} encode {p} --model {model_dir} --eval-data data/eval/{ds} "
+                f"{EXECUTABLE} encode {p} --model {model_dir} --eval-data {tables} "
                 f"--out {res}embeddings",
-                deps=(model_dir, "data/eval/"),
+                deps=(model_dir, tables_out),
                 outs=(f"{res}embeddings/",),
                 # prefixes and pooling come from the model directory (its sentence-transformers config)
                 params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision")))
@@ -275,9 +291,9 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
             report_deps += [metrics, f"{res}eval/", f"{res}embeddings/"]
             out.append(Stage(
                 ident("evaluate", tag, ds),
-                f"{EXECUTABLE} evaluate {p} --embeddings {res}embeddings --eval-data data/eval/{ds} "
+                f"{EXECUTABLE} evaluate {p} --embeddings {res}embeddings --eval-data {tables} "
                 f"--out {res}eval --metrics {metrics}",
-                deps=(f"{res}embeddings/", "data/eval/"),
+                deps=(f"{res}embeddings/", tables_out),
                 outs=(f"{res}eval/",), metrics=(metrics,), params=("evaluate.top_k", "evaluate.top_k_cells")))
         if params["experiments"]["probe"] and (run is None or run.main):   # the main grid only
             result = f"results/{enc}/{tag}/probe.json"

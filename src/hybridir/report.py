@@ -1,7 +1,10 @@
 """Report stage: the experiment grid's results as one markdown report, figures, CSVs and summary.json.
 
 Reads (results/<encoder.name> = --results):
-  <tag>/<dataset>/metrics.json            every configured tag and dataset (headline and per language)
+  <tag>/<dataset>/metrics.json            every configured tag and dataset (headline and per language);
+                                          the datasets are data.eval_datasets, then dev (held-out
+                                          training documents, devdata.py) when experiments.dev is on,
+                                          shown beside them in every table
   <tag>/<dataset>/eval/per_query.parquet  the main grid (significance tests, mAP matrices)
   <tag>/beir/<name>.json                  the main grid, when experiments.beir is non-empty; nfcorpus
                                           also for the zero-shot model, the main grid and the domain
@@ -44,9 +47,9 @@ import pandas as pd
 
 from .atomic import atomic_outputs
 from .errors import BadInput, MissingInput
-from .pipeline import Run, Stage, ident, make_run, num, param_values, stages
+from .pipeline import DEV, Run, Stage, ident, make_run, num, param_values, scored_datasets, stages
 
-DATASET_LABELS = {"xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R"}
+DATASET_LABELS = {"xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R", DEV: "dev (held-out training documents)"}
 BEIR_LABELS = {"nfcorpus": "NFCorpus", "arguana": "ArguAna"}
 SYSTEM_LABELS = {"zeroshot": "zero-shot (base)", "xx_mono": "X-X-mono", "xy": "X-Y", "hybrid": "hybrid"}
 METRIC_LABELS = {"mo": "Mo.", "cr": "Cr.", "mul": "Mul.", "rank_distance": "rank distance",
@@ -579,7 +582,7 @@ class Tables:
 
     @property
     def datasets(self) -> list[str]:
-        return list(self.params["data"]["eval_datasets"])
+        return list(scored_datasets(self.params))
 
     @property
     def train_langs(self) -> list[str]:
@@ -598,7 +601,7 @@ class Tables:
 
 def build_tables(inp: ReportInputs, log: Callable[[str], None]) -> Tables:
     params = inp.params
-    datasets = list(params["data"]["eval_datasets"])
+    datasets = list(scored_datasets(params))
     grid = experiment_grid(params)
     res = load_results(inp.results, grid, datasets)
     log(f"report: significance tests ({inp.n_permutations} permutations)")
@@ -642,6 +645,10 @@ def title_md(t: Tables) -> list[str]:
         md += [f"> **Reduced evaluation** (data.eval_langs = {ev.get('eval_langs')}, "
                f"eval_max_queries_per_lang = {ev.get('eval_max_queries_per_lang')}, eval_pool = "
                f"{ev.get('eval_pool')}): numbers are not those of the full protocol.", ""]
+    if DEV in t.datasets:
+        md += [f"> **{dataset_label(DEV)}**: the dev benchmark (stage dev_data): the training sources' held-out "
+               "documents (split = valid), each query's translated passages as the relevant candidates, scored "
+               "with the evaluation protocol above. Choose recipes on it, not on the evaluation sets.", ""]
     return md
 
 
@@ -1121,7 +1128,7 @@ def input_digests(inp: ReportInputs, stage: Stage, read: Sequence[Path]) -> dict
 def provenance(inp: ReportInputs, grid: Grid) -> dict[str, Any]:
     """The values of the params the report stage declares and a sha256 per declared input."""
     stage = report_stage(inp.params, inp.params_file)
-    read = [p for p, _ in required_files(inp.results, grid, list(inp.params["data"]["eval_datasets"]))]
+    read = [p for p, _ in required_files(inp.results, grid, list(scored_datasets(inp.params)))]
     return {"params": param_values(inp.params, stage.params), "inputs": input_digests(inp, stage, read)}
 
 

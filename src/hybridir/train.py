@@ -4,6 +4,10 @@ Loss (InfoNCE with in-batch negatives, the math of sentence-transformers'
 MultipleNegativesRankingLoss): for the batch's queries q_i and candidates d_j = its positives
 (then the optional extra negatives), all L2-normalised,
     loss = mean_i -log( exp(s cos(q_i, d_i+)) / sum_j exp(s cos(q_i, d_j)) ),  s = train.scale.
+Optional, each off at 0: + train.distill_weight x the distance to the frozen base model's embeddings
+of the same texts (objectives.py; the training loss only: the validation loss that selects checkpoints
+stays the plain InfoNCE, comparable across settings); train.freeze_layers fixes the embeddings and
+the lowest layers (freeze.py).
 The loop consumes exactly the batch table's batches, in batch_id order (`iter_batches`), one
 optimizer step each: AdamW (no weight decay on biases and LayerNorm weights, as is standard),
 linear warm-up over w = ceil(warmup_ratio * steps) steps (step i at lr * (i+1)/(w+1), so the first
@@ -68,6 +72,8 @@ import torch.nn.functional as F
 from .atomic import atomic_path
 from .batches import build_batches, pairs_fingerprint, read_batches, read_pairs
 from .errors import BadInput, CannotRun, MissingInput
+from .freeze import freeze
+from .objectives import distill_loss, frozen_teacher
 
 VALID_SEED = 20240820          # fixed: every run is selected on the same validation batches
 
@@ -88,6 +94,8 @@ class TrainConfig:
     valid_batches: int
     precision: str
     freeze_embeddings: bool
+    distill_weight: float = 0.0    # objectives.py; 0 = off
+    freeze_layers: int = 0         # freeze.py; 0 = off
 
     @classmethod
     def from_params(cls, train: dict[str, Any]) -> "TrainConfig":
@@ -266,8 +274,10 @@ def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, max_lengt
 
 
 def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batch, cfg: TrainConfig,
-               pooling: str, device: torch.device, dist: Dist = Dist()) -> tuple[torch.Tensor, int]:
-    """This rank's loss on `batch` (its shard of the queries against the whole batch's candidates)."""
+               pooling: str, device: torch.device, dist: Dist = Dist(),
+               teacher: torch.nn.Module | None = None) -> tuple[torch.Tensor, int]:
+    """This rank's loss on `batch` (its shard of the queries against the whole batch's candidates),
+    plus cfg.distill_weight times the distillation term to `teacher` when one is given (objectives.py)."""
     n = len(batch.query_rows)
     if n % dist.world:
         raise BadInput(f"batch of {n} triplets does not split evenly over {dist.world} ranks")
@@ -286,8 +296,17 @@ def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batc
                             max_length=cfg.passage_max_length, pooling=pooling, device=device)
             cands.append(dist.gather(neg))
             tokens += tn
+        if teacher is not None:
+            with torch.no_grad():
+                target = [embed(teacher, tokenizer, texts.queries[batch.query_rows[shard]],
+                                max_length=cfg.query_max_length, pooling=pooling, device=device)[0],
+                          embed(teacher, tokenizer, texts.passages[batch.passage_rows[shard]],
+                                max_length=cfg.passage_max_length, pooling=pooling, device=device)[0]]
     labels = torch.arange(k, device=q.device) + dist.rank * k
-    return info_nce(q, torch.cat(cands, dim=0), cfg.scale, labels), tokens
+    loss = info_nce(q, torch.cat(cands, dim=0), cfg.scale, labels)
+    if teacher is not None:
+        loss = loss + cfg.distill_weight * distill_loss([q, p], target)
+    return loss, tokens
 
 
 @torch.no_grad()
@@ -311,8 +330,7 @@ def validation_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batche
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, list]:
     """AdamW over the trainable parameters (weight decay on matrices only); also returns them."""
-    if cfg.freeze_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)
+    freeze(model, embeddings=cfg.freeze_embeddings, layers=cfg.freeze_layers)
     if getattr(model, "pooler", None) is not None:   # saved for a complete checkpoint; pooling never uses it
         model.pooler.requires_grad_(False)
     decay, no_decay = [], []
@@ -368,6 +386,7 @@ def train_loop(model: torch.nn.Module, tokenizer: Any, *, texts: Texts, batches:
     steps = len(batches)
     warmup = math.ceil(cfg.warmup_ratio * steps)
     model.to(device)
+    teacher = frozen_teacher(model) if cfg.distill_weight else None   # the base model, before any step
     model.train()
     opt, params = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
@@ -397,7 +416,7 @@ def train_loop(model: torch.nn.Module, tokenizer: Any, *, texts: Texts, batches:
     for i, batch in enumerate(batches[start:], start):
         t = time.perf_counter()
         lr = sched.get_last_lr()[0]
-        loss, n_tok = batch_loss(net, tokenizer, texts, batch, cfg, pooling, device, dist)
+        loss, n_tok = batch_loss(net, tokenizer, texts, batch, cfg, pooling, device, dist, teacher)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
