@@ -259,15 +259,30 @@ class Texts:
         self.passages = np.asarray([spec["passage_prefix"] + t for t in pairs["passage"].tolist()], dtype=object)
 
 
+def use_unpadded(model: torch.nn.Module, device: torch.device) -> bool:
+    """The forward without computation on padding (unpadded.py) is used on the CPU, for a plain
+    (not DDP-wrapped) supported encoder; on CUDA and under DDP the padded forward stays."""
+    from . import unpadded
+
+    return device.type == "cpu" and unpadded.supports(model)
+
+
 def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, max_length: int, pooling: str,
-          device: torch.device) -> tuple[torch.Tensor, int]:
-    """L2-normalised embeddings, fp32 or wider (differentiable), and the number of non-padding tokens."""
+          device: torch.device, unpadded: bool | None = None) -> tuple[torch.Tensor, int]:
+    """L2-normalised embeddings, fp32 or wider (differentiable), and the number of non-padding tokens.
+
+    unpadded: None = `use_unpadded` decides; True / False force the unpadded / padded forward
+    (equal up to float rounding, the same dropout masks included: unpadded.py)."""
     from .encoder_dir import pool   # lazily: `hybridir batches` and the CLI do not need torch
 
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     enc = {k: v.to(device) for k, v in enc.items()}
-    out = model(**enc)
-    emb = pool(out.last_hidden_state, enc["attention_mask"], pooling)
+    if use_unpadded(model, device) if unpadded is None else unpadded:
+        from . import unpadded as _unpadded
+
+        emb = _unpadded.pooled(model, enc["input_ids"], enc["attention_mask"], pooling)
+    else:
+        emb = pool(model(**enc).last_hidden_state, enc["attention_mask"], pooling)
     # at least fp32 (bf16 under autocast); float64 stays float64 (tests compare float64 runs)
     return F.normalize(emb.to(torch.promote_types(emb.dtype, torch.float32)), dim=-1), \
         int(enc["attention_mask"].sum())
@@ -275,9 +290,10 @@ def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, max_lengt
 
 def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batch, cfg: TrainConfig,
                pooling: str, device: torch.device, dist: Dist = Dist(),
-               teacher: torch.nn.Module | None = None) -> tuple[torch.Tensor, int]:
+               teacher: torch.nn.Module | None = None, unpadded: bool | None = None) -> tuple[torch.Tensor, int]:
     """This rank's loss on `batch` (its shard of the queries against the whole batch's candidates),
-    plus cfg.distill_weight times the distillation term to `teacher` when one is given (objectives.py)."""
+    plus cfg.distill_weight times the distillation term to `teacher` when one is given (objectives.py);
+    unpadded: see `embed`."""
     n = len(batch.query_rows)
     if n % dist.world:
         raise BadInput(f"batch of {n} triplets does not split evenly over {dist.world} ranks")
@@ -286,14 +302,14 @@ def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batc
     amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     with amp:
         q, tq = embed(model, tokenizer, texts.queries[batch.query_rows[shard]],
-                      max_length=cfg.query_max_length, pooling=pooling, device=device)
+                      max_length=cfg.query_max_length, pooling=pooling, device=device, unpadded=unpadded)
         p, tp = embed(model, tokenizer, texts.passages[batch.passage_rows[shard]],
-                      max_length=cfg.passage_max_length, pooling=pooling, device=device)
+                      max_length=cfg.passage_max_length, pooling=pooling, device=device, unpadded=unpadded)
         cands = [dist.gather(p)]
         tokens = tq + tp
         if batch.negative_rows is not None:
             neg, tn = embed(model, tokenizer, texts.passages[batch.negative_rows[shard]],
-                            max_length=cfg.passage_max_length, pooling=pooling, device=device)
+                            max_length=cfg.passage_max_length, pooling=pooling, device=device, unpadded=unpadded)
             cands.append(dist.gather(neg))
             tokens += tn
         if teacher is not None:
@@ -309,15 +325,16 @@ def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batc
     return loss, tokens
 
 
-@torch.no_grad()
 def validation_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batches: list[Batch],
-                    cfg: TrainConfig, pooling: str, device: torch.device) -> dict[str, float]:
-    """Mean loss over the validation batches, overall and per batch type (dropout off)."""
+                    cfg: TrainConfig, pooling: str, device: torch.device,
+                    unpadded: bool | None = None) -> dict[str, float]:
+    """Mean loss over the validation batches, overall and per batch type (dropout off, no autograd)."""
     was_training = model.training
     model.eval()
     per: dict[str, list[float]] = {}
     for b in batches:
-        loss, _ = batch_loss(model, tokenizer, texts, b, cfg, pooling, device)
+        with torch.inference_mode():
+            loss, _ = batch_loss(model, tokenizer, texts, b, cfg, pooling, device, unpadded=unpadded)
         per.setdefault(b.batch_type, []).append(float(loss))
     model.train(was_training)
     out = {"valid_loss": float(np.mean([v for vs in per.values() for v in vs]))}
@@ -328,8 +345,10 @@ def validation_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batche
 # ---------------------------------------------------------------- the loop
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, list]:
-    """AdamW over the trainable parameters (weight decay on matrices only); also returns them."""
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig,
+                   fused: bool | None = None) -> tuple[torch.optim.Optimizer, list]:
+    """AdamW over the trainable parameters (weight decay on matrices only); also returns them.
+    fused: None = fused on the CPU, torch's default elsewhere."""
     freeze(model, embeddings=cfg.freeze_embeddings, layers=cfg.freeze_layers)
     if getattr(model, "pooler", None) is not None:   # saved for a complete checkpoint; pooling never uses it
         model.pooler.requires_grad_(False)
@@ -338,8 +357,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.opti
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    # fused on the CPU (one kernel over all parameters instead of a Python loop; the same update up to
+    # float rounding); on CUDA torch's own default
+    if fused is None:
+        fused = True if all(p.device.type == "cpu" for p in decay + no_decay) else None
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=fused)
     return opt, decay + no_decay
 
 

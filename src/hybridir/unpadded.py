@@ -1,0 +1,119 @@
+"""The encoder's forward pass without computation on padding (the CPU training path).
+
+A batch tokenised with padding to its longest text spends about half of its token positions on
+padding (training batches of the default config: 0.51 real tokens per position). Here the
+token-wise work (embeddings, Q/K/V and output projections, FFN, LayerNorms, dropout) runs on the
+packed real tokens only, [tokens, hidden]; only the attention itself runs on the padded layout
+[batch, heads, length, length], through the model's own attention function and mask.
+
+The result equals the padded forward up to float rounding, dropout included: every dropout mask
+is drawn exactly as the padded forward draws it (same shapes, same order, from the same generator;
+the padded positions' noise is drawn and discarded), so a training run takes the same random
+masks and follows the same loss trajectory (tests/test_train_speed_paths.py checks loss and
+gradients against the padded path, in train mode).
+
+Supported: BERT and XLM-RoBERTa style encoders (absolute positions, no decoder, eager or sdpa
+attention); `supports(model)` says whether a model qualifies (the caller falls back to the
+padded forward otherwise).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+_TYPES = ("bert", "xlm-roberta")
+
+
+def supports(model: torch.nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in _TYPES or getattr(config, "is_decoder", False):
+        return False
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return False
+    if getattr(config, "_attn_implementation", "eager") not in ("eager", "sdpa"):
+        return False
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    return layers is not None and all(hasattr(x, "attention") and hasattr(x, "intermediate") for x in layers)
+
+
+def _dropout(x: torch.Tensor, module: torch.nn.Dropout, shape: tuple[int, ...], idx: torch.Tensor,
+             training: bool) -> torch.Tensor:
+    """`module(padded x)` restricted to the packed rows: the noise is drawn at the padded shape
+    exactly as torch's CPU dropout draws it (empty_like(input).bernoulli_(1 - p) / (1 - p))."""
+    p = module.p
+    if not training or p == 0:
+        return x
+    if p == 1:
+        return x * 0
+    noise = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - p)
+    noise.div_(1 - p)
+    return x * noise.view(-1, shape[-1]).index_select(0, idx)
+
+
+def _attention_function(attention: torch.nn.Module) -> Any:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    eager = sys.modules[type(attention).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager)
+
+
+def packed_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(last hidden states of the real tokens [n_real, hidden] in row-major order, their flat
+    indices into [batch * length]) for right-padded `input_ids` / `attention_mask` [batch, length]."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    emb = model.embeddings
+    training = model.training
+    batch, length = input_ids.shape
+    idx = attention_mask.reshape(-1).nonzero().squeeze(1)
+    if hasattr(emb, "create_position_ids_from_input_ids"):    # XLM-R: padding_idx + 1 + position
+        position_ids = emb.create_position_ids_from_input_ids(input_ids, emb.padding_idx)
+    else:
+        position_ids = emb.position_ids[:, :length].expand(batch, length)
+    ids = input_ids.reshape(-1).index_select(0, idx)
+    pos = position_ids.reshape(-1).index_select(0, idx)
+    x = emb.word_embeddings(ids) + emb.token_type_embeddings(torch.zeros_like(ids))
+    x = x + emb.position_embeddings(pos)
+    x = emb.LayerNorm(x)
+    hidden = x.shape[-1]
+    shape = (batch, length, hidden)
+    x = _dropout(x, emb.dropout, shape, idx, training)
+    mask = create_bidirectional_mask(config=model.config, inputs_embeds=x.new_empty(1, 1, 1).expand(batch, length, hidden),
+                                     attention_mask=attention_mask)
+
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        return t.new_zeros(batch * length, t.shape[-1]).index_copy(0, idx, t).view(batch, length, -1)
+
+    for layer in model.encoder.layer:
+        att = layer.attention.self
+        heads, head_size = att.num_attention_heads, att.attention_head_size
+        q, k, v = (unpack(lin(x)).view(batch, length, heads, head_size).transpose(1, 2)
+                   for lin in (att.query, att.key, att.value))
+        context, _ = _attention_function(att)(att, q, k, v, mask, dropout=att.dropout.p if training else 0.0,
+                                              scaling=att.scaling)
+        context = context.reshape(batch * length, -1).index_select(0, idx)
+        out = layer.attention.output
+        x = out.LayerNorm(_dropout(out.dense(context), out.dropout, shape, idx, training) + x)
+        ffn = layer.output
+        x = ffn.LayerNorm(_dropout(ffn.dense(layer.intermediate(x)), ffn.dropout, shape, idx, training) + x)
+    return x, idx
+
+
+def pooled(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+           pooling: str) -> torch.Tensor:
+    """Sentence vectors [batch, hidden] (not normalised) = encoder_dir.pool(model(...).last_hidden_state)."""
+    from .encoder_dir import POOLINGS
+
+    states, idx = packed_hidden_states(model, input_ids, attention_mask)
+    batch, length = input_ids.shape
+    if pooling == "mean":
+        rows = torch.div(idx, length, rounding_mode="floor")
+        sums = states.new_zeros(batch, states.shape[-1]).index_add(0, rows, states)
+        return sums / attention_mask.sum(dim=1, keepdim=True).to(states.dtype).clamp(min=1e-9)
+    if pooling == "cls":
+        starts = torch.cumsum(attention_mask.sum(dim=1), 0) - attention_mask.sum(dim=1)
+        return states.index_select(0, starts)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
