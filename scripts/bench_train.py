@@ -1,13 +1,20 @@
-"""Training speed on this machine for a params file: steps/s, tokens/s, and what a run costs.
+"""Training speed on this machine for a params file: the plain padded step against the fast CPU step,
+interleaved in one run (the machine is shared: compare within a run, not across runs).
 
     .venv/bin/python scripts/bench_train.py                       # params.yaml, its encoder and pairs
-    .venv/bin/python scripts/bench_train.py --steps 5 --precision fp32 --threads 2
+    .venv/bin/python scripts/bench_train.py --steps 6 --threads 2
 
-Runs the real training step (hybridir.train.batch_loss + AdamW + clipping) on real batches built
-from the pairs table (hybrid strategy, seed 0): `--warmup` untimed steps, then `--steps` timed
-ones, then one validation pass (train.valid_batches forward-only batches). Prints the per-step
-times and a projection of a full `hybridir train` run (train.steps steps + the validations),
-and the number of steps that fits a time budget (--budget-min, default 15).
+Variants (each its own copy of the model and optimizer, both from the same base weights):
+  padded    the plain step: batches padded to their longest text, AdamW (for-loop), validation
+            under no_grad on padded batches (train.py before the fast path)
+  unpadded  the default CPU step: no computation on padding (hybridir.unpadded), fused AdamW,
+            validation in inference_mode on unpadded batches
+Step i of both uses the same batch (hybrid strategy, seed 0) and the same dropout seed, so the two
+loss columns must agree to float rounding (the same trajectory). `--warmup` untimed steps, then
+`--steps` timed ones, the variant order alternating per step; then validation passes (train.valid_batches
+forward-only batches), alternating too. Prints per-variant median s/step, steps/s, tokens/s (non-padding
+tokens), the ratio to `padded`, validation-pass seconds, the load average and peak RSS, and a projection of
+a full `hybridir train` run with the fast step.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,6 +50,7 @@ def main() -> int:
     ap.add_argument("--freeze-embeddings", choices=["true", "false"], default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--budget-min", type=float, default=15.0)
+    ap.add_argument("--valid-reps", type=int, default=2, help="validation passes per variant")
     args = ap.parse_args()
 
     params = load_params(args.params)
@@ -55,6 +64,8 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig.from_params(tp)
+    if cfg.precision == "auto":
+        cfg = replace(cfg, precision="fp32")   # the CPU default
     base = Path(args.base or Path("models/base") / params["encoder"]["name"])
     spec = read_settings(base)
     pairs = read_pairs(args.pairs)
@@ -62,53 +73,73 @@ def main() -> int:
     table = build_batches(pairs, strategy="hybrid", alpha=float(tp["alpha"]), batch_size=tp["batch_size"],
                           steps=n, seed=0, langs=params["data"]["train_langs"], log=lambda m: None)
     batches = list(iter_batches(table))
-    torch.manual_seed(0)
-    tokenizer, model = load_encoder(base)
-    model.train()
-    opt, trainable = make_optimizer(model, cfg)
     texts = Texts(pairs, spec)
     device = torch.device("cpu")
-
-    times, cpu_times, tokens = [], [], []
+    variants = {}
+    for name, unpadded, fused in (("padded", False, False), ("unpadded", True, True)):
+        tokenizer, model = load_encoder(base)
+        model.train()
+        opt, trainable = make_optimizer(model, cfg, fused=fused)
+        variants[name] = dict(model=model, opt=opt, params=trainable, unpadded=unpadded, times=[], cpu=[],
+                              tokens=[], losses=[], valid=[])
+    load0 = os.getloadavg()
     for i, batch in enumerate(batches):
-        t, c = time.perf_counter(), time.process_time()
-        loss, n_tok = batch_loss(model, tokenizer, texts, batch, cfg, spec["pooling"], device)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-        opt.step()
-        dt, dc = time.perf_counter() - t, time.process_time() - c
-        kind = "warm-up" if i < args.warmup else "timed"
-        print(f"step {i + 1} ({kind}, {batch.batch_type}): {dt:.2f} s wall, {dc:.2f} s CPU, {n_tok} tokens, "
-              f"loss {float(loss.detach()):.3f}", file=sys.stderr)
-        if i >= args.warmup:
-            times.append(dt)
-            cpu_times.append(dc)
-            tokens.append(n_tok)
+        order = list(variants) if i % 2 == 0 else list(variants)[::-1]
+        for name in order:
+            v = variants[name]
+            torch.manual_seed(1000 + i)   # the same dropout masks for both variants
+            t, c = time.perf_counter(), time.process_time()
+            loss, n_tok = batch_loss(v["model"], tokenizer, texts, batch, cfg, spec["pooling"], device,
+                                     unpadded=v["unpadded"])
+            v["opt"].zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(v["params"], cfg.max_grad_norm)
+            v["opt"].step()
+            dt, dc = time.perf_counter() - t, time.process_time() - c
+            v["losses"].append(float(loss.detach()))
+            if i >= args.warmup:
+                v["times"].append(dt)
+                v["cpu"].append(dc)
+                v["tokens"].append(n_tok)
+        print(f"step {i + 1} ({'warm-up' if i < args.warmup else 'timed'}, {batch.batch_type}): "
+              + ", ".join(f"{k} {v['losses'][-1]:.6f} loss {(v['times'] or [math.nan])[-1]:.2f} s"
+                          for k, v in variants.items()), file=sys.stderr)
     valid = list(iter_batches(validation_table(pairs, batch_size=tp["batch_size"], n_batches=cfg.valid_batches,
                                                langs=params["data"]["train_langs"])))
-    t = time.perf_counter()
-    validation_loss(model, tokenizer, texts, valid, cfg, spec["pooling"], device)
-    valid_s = time.perf_counter() - t
+    valid_losses = {}
+    for r in range(args.valid_reps):
+        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+            v = variants[name]
+            t = time.perf_counter()
+            valid_losses[name] = validation_loss(v["model"], tokenizer, texts, valid, cfg, spec["pooling"], device,
+                                                 unpadded=v["unpadded"])["valid_loss"]
+            v["valid"].append(time.perf_counter() - t)
+    load1 = os.getloadavg()
 
-    s_step = statistics.median(times)
+    print(f"device cpu, torch threads {torch.get_num_threads()}, encoder {base}, batch {tp['batch_size']}, "
+          f"query/passage max length {cfg.query_max_length}/{cfg.passage_max_length}, precision {cfg.precision}, "
+          f"freeze_embeddings {cfg.freeze_embeddings}, {args.steps} timed steps (+{args.warmup} warm-up), "
+          f"{len(valid)} validation batches x {args.valid_reps}")
+    print(f"load average (1, 5, 15 min) before {load0}, after {load1}")
+    ref = statistics.median(variants["padded"]["times"])
+    print("| variant | s/step (median) | steps/s | tokens/s | vs padded | CPU s/step | validation pass s | valid loss |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, v in variants.items():
+        s_step = statistics.median(v["times"])
+        print(f"| {name} | {s_step:.2f} | {1 / s_step:.3f} | {sum(v['tokens']) / sum(v['times']):.0f} | "
+              f"{ref / s_step:.2f}x | {statistics.median(v['cpu']):.2f} | {statistics.median(v['valid']):.2f} | "
+              f"{valid_losses[name]:.6f} |")
+    diff = max(abs(a - b) for a, b in zip(variants["padded"]["losses"], variants["unpadded"]["losses"]))
+    print(f"max |loss difference| over the {n} steps: {diff:.2e}; validation loss difference "
+          f"{abs(valid_losses['padded'] - valid_losses['unpadded']):.2e}")
+    print(f"peak RSS (both variants in one process) {peak_memory_mb(device):.0f} MiB")
+    fast = variants["unpadded"]
+    s_step, valid_s = statistics.median(fast["times"]), statistics.median(fast["valid"])
     steps = int(tp["steps"])
     n_valid = 1 + steps // cfg.valid_every + (1 if steps % cfg.valid_every else 0)
     total_s = steps * s_step + n_valid * valid_s
     fits = int(max(0.0, args.budget_min * 60 - valid_s) / (s_step + valid_s / cfg.valid_every))
-    print(f"device cpu, torch threads {torch.get_num_threads()}, encoder {base}, batch {tp['batch_size']}, "
-          f"precision {cfg.precision}, freeze_embeddings {cfg.freeze_embeddings}, "
-          f"trainable params {sum(p.numel() for p in trainable) / 1e6:.1f} M")
-    print(f"median {s_step:.2f} s/step = {1 / s_step:.3f} steps/s; "
-          f"{sum(tokens) / sum(times):.0f} tokens/s (non-padding, queries + passages); "
-          f"CPU time {statistics.median(cpu_times):.2f} s/step (with --threads 1 and a busy machine, "
-          "CPU time approximates the wall time on one dedicated core)")
-    try:
-        print(f"load average (1, 5, 15 min): {os.getloadavg()}")
-    except OSError:
-        pass
-    print(f"validation pass ({len(valid)} batches): {valid_s:.1f} s; peak RSS {peak_memory_mb(device):.0f} MiB")
-    print(f"projected `hybridir train` with train.steps = {steps}, valid_every = {cfg.valid_every}: "
+    print(f"projected `hybridir train` (fast step) with train.steps = {steps}, valid_every = {cfg.valid_every}: "
           f"{total_s / 60:.1f} min; steps that fit {args.budget_min:g} min: ~{fits}")
     return 0
 
