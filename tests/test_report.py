@@ -426,7 +426,7 @@ def test_outputs_are_the_stage_tables(tree: dict[str, Any], report: dict[str, An
     assert written == set(stage.all_outs)
     assert stage.uncached == ("reports/timings.md",) and stage.metrics == ("reports/summary.json",)
     dvc = dvc_yaml(stages(tree["params"]), tree["params"])
-    assert {"reports/timings.md": {"cache": False}} in dvc["stages"]["report"]["outs"]
+    assert {"reports/timings.md": {"cache": False, "persist": True}} in dvc["stages"]["report"]["outs"]
     assert "reports" not in dvc["stages"]["report"]["outs"]   # DVC outputs may not overlap
     plotted = {name for entry in dvc["plots"] for name in entry if name.startswith("reports/")}
     assert plotted == {"reports/alpha_sweep.csv", "reports/data_size.csv", "reports/domain_size.csv"} <= set(stage.outs)

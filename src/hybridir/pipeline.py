@@ -380,7 +380,10 @@ def dvc_yaml(stage_list: list[Stage], params: dict[str, Any], params_file: str =
         if st.params:
             entry["params"] = params_entry(st.params)
         if st.outs or st.uncached:
-            entry["outs"] = [path(o) for o in st.outs] + [{path(u): {"cache": False}} for u in st.uncached]
+            # persist: DVC would delete an uncached output before the stage runs, with no cache to
+            # restore it from; the stage rewrites it atomically anyway.
+            entry["outs"] = [path(o) for o in st.outs] + [{path(u): {"cache": False, "persist": True}}
+                                                          for u in st.uncached]
         if st.metrics:
             entry["metrics"] = [path(m) for m in st.metrics]
         body[st.name] = entry
