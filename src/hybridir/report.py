@@ -767,6 +767,11 @@ def per_language_md(t: Tables) -> list[str]:
     return md
 
 
+def system_matrices(t: Tables, ds: str) -> dict[str, pd.DataFrame]:
+    """Each system's mAP matrix on `ds` (query x corpus language), the mean over its seeds."""
+    return {s: mean_matrix([t.res.per_query[tag, ds] for tag in tags]) for s, tags in t.grid.systems.items()}
+
+
 def heatmaps_md(t: Tables, figures: Path) -> list[str]:
     """The mAP matrices per system (writes one figure per dataset)."""
     md = ["## mAP matrices", "",
@@ -774,7 +779,7 @@ def heatmaps_md(t: Tables, figures: Path) -> list[str]:
           "monolingual setting. Second row: each trained system minus the zero-shot base "
           "(blue = better).", ""]
     for ds in t.datasets:
-        matrices = {s: mean_matrix([t.res.per_query[tag, ds] for tag in tags]) for s, tags in t.grid.systems.items()}
+        matrices = system_matrices(t, ds)
         name = f"map_matrices_{ds}.png"
         heatmap_figure(matrices, t.labels, dataset_label(ds), t.train_langs, figures / name)
         md += figure_link(name, f"{dataset_label(ds)} mAP matrices")
@@ -962,8 +967,7 @@ def alignment_gap_md(t: Tables, figures: Path) -> list[str]:
           "above, seed means). A strategy closes the gap by raising cross-lingual or by lowering "
           "monolingual mAP: read it beside the matrices.", ""]
     for ds in t.datasets:
-        gaps = {s: gap_matrix(mean_matrix([t.res.per_query[tag, ds] for tag in tags]))
-                for s, tags in t.grid.systems.items()}
+        gaps = {s: gap_matrix(m) for s, m in system_matrices(t, ds).items()}
         name = f"alignment_gap_{ds}.png"
         gap_figure(gaps, t.labels, dataset_label(ds), t.train_langs, figures / name)
         md += [f"### {dataset_label(ds)}", ""] + figure_link(name, f"{dataset_label(ds)} mono − cross gap")
