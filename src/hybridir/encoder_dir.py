@@ -16,6 +16,7 @@ import torch
 from .errors import BadInput, MissingInput
 
 POOLINGS = ("mean", "cls")
+_ST_FILES = ("config_sentence_transformers.json", "modules.json")   # sentence-transformers' own config
 _TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer.model", "vocab.txt", "spiece.model")
 
 
@@ -31,6 +32,7 @@ def _missing_files(model_dir: Path) -> list[str]:
     if not (model_dir / "tokenizer_config.json").is_file() and not any(
             (model_dir / name).is_file() for name in _TOKENIZER_FILES):
         missing.append("tokenizer files (tokenizer.json / tokenizer_config.json)")
+    missing += [name for name in _ST_FILES if not (model_dir / name).is_file()]
     return missing
 
 
@@ -92,10 +94,9 @@ def read_settings(model_dir: str | Path) -> dict[str, str]:
     from sentence_transformers.sentence_transformer.modules import Pooling
 
     model_dir = Path(model_dir)
-    for name in ("config_sentence_transformers.json", "modules.json"):
-        if not (model_dir / name).is_file():
-            raise MissingInput(f"{model_dir / name} not found: {model_dir} is not a sentence-transformers "
-                                    f"encoder directory; {_RECREATE}")
+    missing = _missing_files(model_dir) if model_dir.is_dir() else [str(model_dir)]
+    if missing:   # every missing part at once (an interrupted copy usually lacks more than one)
+        raise MissingInput(f"encoder directory {model_dir} lacks {', '.join(missing)}: {_RECREATE}")
     try:
         prompts = json.loads((model_dir / "config_sentence_transformers.json").read_text("utf-8"))["prompts"]
         modules = json.loads((model_dir / "modules.json").read_text("utf-8"))

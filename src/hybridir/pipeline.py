@@ -425,10 +425,11 @@ def record_dvc_lock(stage_list: list[Stage], params: dict[str, Any], params_file
     done = [st.name for st in stage_list if all((root / o.rstrip("/")).exists() for o in st.all_outs)]
     if not done:
         return "no complete stage to record"
-    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "commit", "--force", "--quiet", *done],
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "commit", "--force", *done],
                           cwd=root, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"`dvc commit` failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    if proc.returncode:   # the run itself succeeded: say why DVC could not record it, do not fail it
+        why = (proc.stderr or proc.stdout).strip().splitlines()
+        return f"dvc.lock not written: `dvc commit` failed ({why[-1] if why else proc.returncode})"
     return f"recorded {len(done)} stages in dvc.lock"
 
 
