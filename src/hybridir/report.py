@@ -387,6 +387,26 @@ def mean_matrix(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return sum(matrices[1:], matrices[0]) / len(matrices)
 
 
+def _matrix_panel(ax: Any, m: pd.DataFrame, title: str, cmap: str, vmin: float, vmax: float,
+                  train_langs: Sequence[str], *, dark: Callable[[float], bool] = lambda v: False,
+                  diagonal: bool = True) -> Any:
+    """One query-by-corpus-language matrix on `ax`, each finite value written in its cell (white where
+    `dark`); returns the image for a colour bar."""
+    values = m.to_numpy(dtype=np.float64)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(m.columns)), labels=[lang_label(x, train_langs) for x in m.columns], fontsize=6,
+                  rotation=90)
+    ax.set_yticks(range(len(m.index)), labels=[lang_label(x, train_langs) for x in m.index], fontsize=6)
+    ax.set_title(title, fontsize=8)
+    size = 4.5 if len(m.index) > 8 else 6
+    for i, j in np.ndindex(values.shape):
+        v = values[i, j]
+        if math.isfinite(v) and (diagonal or i != j):
+            ax.text(j, i, f"{v:.2f}".replace("0.", ".", 1), ha="center", va="center", fontsize=size,
+                    color="white" if dark(v) else "black")
+    return image
+
+
 def heatmap_figure(matrices: dict[str, pd.DataFrame], labels: dict[str, str], title: str,
                    train_langs: Sequence[str], path: Path) -> Path:
     """One mAP heatmap per system (shared 0-1 scale); a second row shows each trained system minus
@@ -403,28 +423,14 @@ def heatmap_figure(matrices: dict[str, pd.DataFrame], labels: dict[str, str], ti
         deltas = {s: matrices[s] - matrices["zeroshot"] for s in trained}
         delta_lim = max(delta_lim, max(float(np.nanmax(np.abs(d.to_numpy()))) for d in deltas.values()))
 
-    def draw(ax: Any, m: pd.DataFrame, name: str, cmap: str, vmin: float, vmax: float) -> Any:
-        values = m.to_numpy(dtype=np.float64)
-        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax)
-        ticks = [lang_label(x, train_langs) for x in m.columns]
-        ax.set_xticks(range(len(ticks)), labels=ticks, fontsize=6, rotation=90)
-        ax.set_yticks(range(len(m.index)), labels=[lang_label(x, train_langs) for x in m.index], fontsize=6)
-        ax.set_title(name, fontsize=8)
-        for i in range(values.shape[0]):
-            for j in range(values.shape[1]):
-                v = values[i, j]
-                if math.isfinite(v):
-                    dark = v < 0.6 if cmap == "viridis" else abs(v) > 0.6 * vmax
-                    ax.text(j, i, f"{v:.2f}".replace("0.", ".", 1), ha="center", va="center",
-                            fontsize=4.5 if n > 8 else 6, color="white" if dark else "black")
-        return image
-
     for col, s in enumerate(systems):
-        m_image = draw(axes[0][col], matrices[s], f"{labels[s]}: mAP", "viridis", 0.0, 1.0)
+        m_image = _matrix_panel(axes[0][col], matrices[s], f"{labels[s]}: mAP", "viridis", 0.0, 1.0, train_langs,
+                                dark=lambda v: v < 0.6)
         if nrows == 2:
             ax = axes[1][col]
             if s in trained:
-                d_image = draw(ax, deltas[s], f"{labels[s]} − zero-shot", "RdBu", -delta_lim, delta_lim)
+                d_image = _matrix_panel(ax, deltas[s], f"{labels[s]} − zero-shot", "RdBu", -delta_lim, delta_lim,
+                                        train_langs, dark=lambda v: abs(v) > 0.6 * delta_lim)
             else:
                 ax.axis("off")
     fig.colorbar(m_image, ax=[a for a in axes[0]], fraction=0.02, pad=0.01)
@@ -941,17 +947,11 @@ def gap_figure(gaps: dict[str, pd.DataFrame], labels: dict[str, str], title: str
     cell = 0.33 if n > 8 else 0.45
     fig, axes = _figure(max(4.0, len(gaps) * (n * cell + 1.2)), n * cell + 1.6, 1, len(gaps))
     lim = max(0.05, max(float(np.nanmax(np.abs(g.to_numpy()))) for g in gaps.values()))
+    off_diagonal = ~np.eye(n, dtype=bool)
     for ax, (system, g) in zip(axes[0], gaps.items()):
-        values = g.to_numpy(dtype=np.float64)
-        image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu_r", vmin=-lim, vmax=lim)
-        ax.set_xticks(range(n), labels=[lang_label(x, train_langs) for x in g.columns], fontsize=6, rotation=90)
-        ax.set_yticks(range(n), labels=[lang_label(x, train_langs) for x in g.index], fontsize=6)
-        ax.set_title(f"{labels[system]}: mean gap {np.nanmean(values[~np.eye(n, dtype=bool)]):.3f}", fontsize=8)
-        for i in range(n):
-            for j in range(n):
-                if i != j and math.isfinite(values[i, j]):
-                    ax.text(j, i, f"{values[i, j]:.2f}".replace("0.", ".", 1), ha="center", va="center",
-                            fontsize=4.5 if n > 8 else 6)
+        mean_gap = np.nanmean(g.to_numpy(dtype=np.float64)[off_diagonal])
+        image = _matrix_panel(ax, g, f"{labels[system]}: mean gap {mean_gap:.3f}", "RdBu_r", -lim, lim,
+                              train_langs, diagonal=False)
     fig.colorbar(image, ax=list(axes[0]), fraction=0.02, pad=0.01)
     fig.suptitle(f"{title}: mAP(X→X) − mAP(X→Y); rows X = query language, columns Y = corpus language",
                  fontsize=9)
