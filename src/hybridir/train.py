@@ -267,16 +267,20 @@ def use_unpadded(model: torch.nn.Module, device: torch.device) -> bool:
     return device.type == "cpu" and unpadded.supports(model)
 
 
-def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, max_length: int, pooling: str,
-          device: torch.device, unpadded: bool | None = None) -> tuple[torch.Tensor, int]:
+def tokenize(tokenizer: Any, texts: list[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """One padded, truncated batch of token ids on `device`."""
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def embed_tokens(model: torch.nn.Module, enc: dict[str, torch.Tensor], *, pooling: str, device: torch.device,
+                 unpadded: bool | None = None) -> tuple[torch.Tensor, int]:
     """L2-normalised embeddings, fp32 or wider (differentiable), and the number of non-padding tokens.
 
     unpadded: None = `use_unpadded` decides; True / False force the unpadded / padded forward
     (equal up to float rounding, the same dropout masks included: unpadded.py)."""
     from .encoder_dir import pool   # lazily: `hybridir batches` and the CLI do not need torch
 
-    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    enc = {k: v.to(device) for k, v in enc.items()}
     if use_unpadded(model, device) if unpadded is None else unpadded:
         from . import unpadded as _unpadded
 
@@ -286,6 +290,13 @@ def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, max_lengt
     # at least fp32 (bf16 under autocast); float64 stays float64 (tests compare float64 runs)
     return F.normalize(emb.to(torch.promote_types(emb.dtype, torch.float32)), dim=-1), \
         int(enc["attention_mask"].sum())
+
+
+def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, max_length: int, pooling: str,
+          device: torch.device, unpadded: bool | None = None) -> tuple[torch.Tensor, int]:
+    """`embed_tokens` of `texts` tokenized."""
+    return embed_tokens(model, tokenize(tokenizer, texts, max_length, device), pooling=pooling, device=device,
+                        unpadded=unpadded)
 
 
 def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batch, cfg: TrainConfig,
@@ -301,10 +312,11 @@ def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batc
     shard = slice(dist.rank * k, (dist.rank + 1) * k)
     amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     with amp:
-        q, tq = embed(model, tokenizer, texts.queries[batch.query_rows[shard]],
-                      max_length=cfg.query_max_length, pooling=pooling, device=device, unpadded=unpadded)
-        p, tp = embed(model, tokenizer, texts.passages[batch.passage_rows[shard]],
-                      max_length=cfg.passage_max_length, pooling=pooling, device=device, unpadded=unpadded)
+        # tokenized once: the teacher below embeds the same token ids
+        q_enc = tokenize(tokenizer, texts.queries[batch.query_rows[shard]], cfg.query_max_length, device)
+        p_enc = tokenize(tokenizer, texts.passages[batch.passage_rows[shard]], cfg.passage_max_length, device)
+        q, tq = embed_tokens(model, q_enc, pooling=pooling, device=device, unpadded=unpadded)
+        p, tp = embed_tokens(model, p_enc, pooling=pooling, device=device, unpadded=unpadded)
         cands = [dist.gather(p)]
         tokens = tq + tp
         if batch.negative_rows is not None:
@@ -314,10 +326,7 @@ def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batc
             tokens += tn
         if teacher is not None:
             with torch.no_grad():
-                target = [embed(teacher, tokenizer, texts.queries[batch.query_rows[shard]],
-                                max_length=cfg.query_max_length, pooling=pooling, device=device)[0],
-                          embed(teacher, tokenizer, texts.passages[batch.passage_rows[shard]],
-                                max_length=cfg.passage_max_length, pooling=pooling, device=device)[0]]
+                target = [embed_tokens(teacher, enc, pooling=pooling, device=device)[0] for enc in (q_enc, p_enc)]
     labels = torch.arange(k, device=q.device) + dist.rank * k
     loss = info_nce(q, torch.cat(cands, dim=0), cfg.scale, labels)
     if teacher is not None:
