@@ -437,14 +437,14 @@ def test_outputs_are_the_stage_tables(tree: dict[str, Any], report: dict[str, An
 
 
 def test_provenance_follows_declared_inputs_only(tree: dict[str, Any], tmp_path: Path) -> None:
-    before = provenance(tree_inputs(tree, 100), tree["grid"])
+    before = provenance(tree_inputs(tree, 100), tree["grid"], stages(tree["params"]))
     assert set(before["params"]) == set(report_stage(tree["params"], "params.yaml").params)
     assert {"experiments.seeds", "data.train_langs"} <= set(before["params"])
     assert "results/e5-small/xy-s0/xquad_r/metrics.json" in before["inputs"]
     assert "src/hybridir/report.py" in before["inputs"]
     # An edit to a key the stage does not declare re-runs nothing and changes nothing here.
     other = {**tree["params"], "evaluate": {**tree["params"]["evaluate"], "top_k": 7}}
-    assert provenance(tree_inputs(tree, 100, evaluate=other["evaluate"]), tree["grid"]) == before
+    assert provenance(tree_inputs(tree, 100, evaluate=other["evaluate"]), tree["grid"], stages(other)) == before
     # A changed declared input (a metrics file; a per-query table inside an eval directory) does.
     results = tmp_path / "results"
     shutil.copytree(tree["results"], results)
@@ -452,7 +452,7 @@ def test_provenance_follows_declared_inputs_only(tree: dict[str, Any], tmp_path:
     per_query = results / "hybrid-s1" / "mlqa_r" / "eval" / "per_query.parquet"
     pd.read_parquet(per_query).iloc[:-1].to_parquet(per_query)
     inp = ReportInputs(params=tree["params"], results=results, models_dir=tree["models"], n_permutations=100)
-    after = provenance(inp, tree["grid"])
+    after = provenance(inp, tree["grid"], stages(tree["params"]))
     changed = {k for k in before["inputs"] if before["inputs"][k] != after["inputs"][k]}
     assert changed == {"results/e5-small/xy-s0/xquad_r/metrics.json", "results/e5-small/hybrid-s1/mlqa_r/eval/"}
 

@@ -1066,7 +1066,8 @@ def build_report(inp: ReportInputs, out_dir: str | Path,
     (together, atomically); returns summary.json's content."""
     log = log or (lambda msg: None)
     t = build_tables(inp, log)
-    prov = provenance(inp, t.grid)
+    table = stages(inp.params, inp.params_file)   # built once: provenance and the command list
+    prov = provenance(inp, t.grid, table)
     out_dir = Path(out_dir)
     csvs = csv_tables(t)
     names = ["report.md", "summary.json", "figures", *csvs, "timings.md"]
@@ -1077,7 +1078,7 @@ def build_report(inp: ReportInputs, out_dir: str | Path,
         md = title_md(t) + numbered([
             table1_md(t), table2_md(t), significance_md(t), per_language_md(t), heatmaps_md(t, figures),
             alpha_md(t, figures), data_size_md(t, figures), beir_md(t), domain_md(t, figures), fairness_md(t),
-            alignment_gap_md(t, figures), probe_md(t, figures), provenance_md(inp, prov)])
+            alignment_gap_md(t, figures), probe_md(t, figures), provenance_md(inp, prov, table)])
         summary = summary_json(t, prov)
         tmp["report.md"].write_text("\n".join(md) + "\n", encoding="utf-8")
         tmp["timings.md"].write_text("\n".join(timings_md(inp, t.grid, t.datasets)) + "\n", encoding="utf-8")
@@ -1129,14 +1130,14 @@ def input_digests(inp: ReportInputs, stage: Stage, read: Sequence[Path]) -> dict
     return out
 
 
-def provenance(inp: ReportInputs, grid: Grid) -> dict[str, Any]:
-    """The values of the params the report stage declares and a sha256 per declared input."""
-    stage = report_stage(inp.params, inp.params_file)
+def provenance(inp: ReportInputs, grid: Grid, table: Sequence[Stage]) -> dict[str, Any]:
+    """The values of the params the report stage of `table` declares and a sha256 per declared input."""
+    stage = next(st for st in table if st.name == "report")
     read = [p for p, _ in required_files(inp.results, grid, list(scored_datasets(inp.params)))]
     return {"params": param_values(inp.params, stage.params), "inputs": input_digests(inp, stage, read)}
 
 
-def provenance_md(inp: ReportInputs, prov: dict[str, Any]) -> list[str]:
+def provenance_md(inp: ReportInputs, prov: dict[str, Any], table: Sequence[Stage]) -> list[str]:
     md = ["## How this report was produced", "",
           f"Parameters the report stage declares (from `{inp.params_file}`):", ""]
     md += md_table(["key", "value"], [[k, f"`{v}`"] for k, v in prov["params"].items()], align="ll") + [""]
@@ -1147,7 +1148,7 @@ def provenance_md(inp: ReportInputs, prov: dict[str, Any]) -> list[str]:
            "**Commands.** The whole pipeline: `snakemake --cores 2` or `dvc repro` (one DAG, generated from "
            "`src/hybridir/pipeline.py`). This report: `hybridir report --params "
            f"{inp.params_file} --results {inp.results} --out <dir>`.", ""]
-    commands = [f"{st.name}: {st.cmd}" for st in stages(inp.params, inp.params_file)]
+    commands = [f"{st.name}: {st.cmd}" for st in table]
     return md + ["<details><summary>Every stage command</summary>", "", "```"] + commands + ["```", "", "</details>", ""]
 
 
