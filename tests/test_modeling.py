@@ -117,8 +117,19 @@ def test_missing_files_are_named_with_the_fix(e5, tmp_path: Path) -> None:
         read_settings(partial)
 
 
-def test_auto_precision_is_bf16_on_a_gpu_and_int8_on_the_cpu() -> None:
+def test_auto_precision_is_bf16_where_native_and_int8_on_other_cpus() -> None:
     from hybridir.modeling import resolve_precision
 
-    assert resolve_precision("auto", cuda=True) == "bf16" and resolve_precision("auto", cuda=False) == "int8"
-    assert all(resolve_precision(p, cuda) == p for p in ("fp32", "bf16", "int8") for cuda in (True, False))
+    assert resolve_precision("auto", cuda=True, cpu_bf16=False) == "bf16"
+    assert resolve_precision("auto", cuda=False, cpu_bf16=True) == "bf16"
+    assert resolve_precision("auto", cuda=False, cpu_bf16=False) == "int8"
+    assert all(resolve_precision(p, cuda, native) == p for p in ("fp32", "bf16", "int8")
+               for cuda in (True, False) for native in (True, False))
+
+
+def test_bf16_on_the_cpu_runs_in_openvino_once_per_model(e5, sample) -> None:
+    _, tokenizer, model = e5
+    encode_texts(model, tokenizer, sample[0][:3], prefix="query: ", precision="bf16")
+    runner = getattr(model, "_hybridir_openvino_bf16_runner")
+    encode_texts(model, tokenizer, sample[1][:3], prefix="passage: ", precision="bf16")
+    assert getattr(model, "_hybridir_openvino_bf16_runner") is runner

@@ -184,11 +184,9 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
              out: str | Path, *, progress: bool = False,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The whole stage: read, (sub)sample, embed, search, score; write `out` (JSON) atomically."""
-    import torch
-
     from .encode import encode_unique
     from .encoder_dir import load_encoder, read_settings
-    from .modeling import encode_texts, resolve_precision
+    from .modeling import encode_placement, encode_texts
 
     t_start = time.perf_counter()
     log = log or (lambda msg: None)
@@ -199,9 +197,7 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
     data = subsample(data, max_queries=max_queries, max_docs=max_docs, seed=int(params["data"]["seed"]))
     settings = read_settings(model_dir)
     tokenizer, model = load_encoder(model_dir)
-    precision = resolve_precision(ev["precision"], torch.cuda.is_available())
-    # A GPU when there is one (int8 dynamic quantisation is a CPU technique: stay on the CPU).
-    device = "cuda" if torch.cuda.is_available() and precision != "int8" else "cpu"
+    precision, device = encode_placement(ev["precision"])
     model = model.to(device).eval()
 
     def embed(texts: list[str], prefix: str) -> np.ndarray:

@@ -100,7 +100,7 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
     import torch  # heavy imports only where the model runs
 
     from .encoder_dir import load_encoder, read_settings
-    from .modeling import encode_texts, resolve_precision
+    from .modeling import encode_placement, encode_texts
 
     eval_dir = Path(eval_dir)
     queries = read_table(eval_dir / "queries.parquet", QUERY_ID_COLUMNS + ("text",))
@@ -108,9 +108,7 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
     settings = read_settings(model_dir)   # prefixes and pooling are the model's, not params
     ev = params["evaluate"]
     tokenizer, model = load_encoder(model_dir)
-    precision = resolve_precision(ev["precision"], torch.cuda.is_available())
-    # A GPU when there is one (int8 dynamic quantisation is a CPU technique: stay on the CPU).
-    device = "cuda" if torch.cuda.is_available() and precision != "int8" else "cpu"
+    precision, device = encode_placement(ev["precision"])
     model = model.to(device).eval()
 
     def encoder(prefix: str) -> Callable[[list[str]], np.ndarray]:

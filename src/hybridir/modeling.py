@@ -3,8 +3,10 @@ and pooling are in encoder_dir.py.
 
 Precision values for `encode_texts` (speed: README "Speed", from scripts/bench_encode.py):
 - "fp32": plain float32 PyTorch, the reference.
-- "bf16": bfloat16 autocast. Only fast with native bf16 (AVX512-BF16/AMX CPUs, GPUs); on CPUs
-  without it (the 2-core development machine) it is several times slower than fp32.
+- "bf16": bfloat16. On a GPU, torch autocast. On the CPU, OpenVINO's CPU plugin with a bf16
+  inference precision (the model converted in memory with `openvino.convert_model`, a few seconds
+  per model): on CPUs with native bf16 (AVX512-BF16 or AMX) the fastest accurate CPU path measured
+  (README "Speed"); on CPUs without it OpenVINO computes in fp32 (and `auto` picks int8 there).
 - "int8": ONNX Runtime, int8 weights and dynamically quantised activations, CPU only; embeddings
   within cosine 0.999 of fp32 (tests/test_modeling.py), XQuAD-R mAP within 0.005 (README "Speed").
   Plain dynamic int8 (torch quantize_dynamic or ONNX Runtime) loses up to 0.10 (torch) / 0.023 (ORT)
@@ -32,9 +34,28 @@ from .errors import BadInput, CannotRun
 PRECISIONS = ("fp32", "bf16", "int8")
 
 
-def resolve_precision(precision: str, cuda: bool) -> str:
-    """evaluate.precision as run: "auto" is bf16 on a CUDA GPU and the int8 CPU path otherwise."""
-    return ("bf16" if cuda else "int8") if precision == "auto" else precision
+def cpu_has_native_bf16() -> bool:
+    """Whether OpenVINO can run bf16 natively on this CPU (False without the openvino package)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return False
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def resolve_precision(precision: str, cuda: bool, cpu_bf16: bool) -> str:
+    """evaluate.precision as run: "auto" is bf16 on a CUDA GPU or a CPU with native bf16, else int8."""
+    return ("bf16" if cuda or cpu_bf16 else "int8") if precision == "auto" else precision
+
+
+def encode_placement(precision: str) -> tuple[str, str]:
+    """(precision as run, device) for evaluate.precision on this machine: a GPU when there is one,
+    except for int8 (a CPU technique)."""
+    cuda = torch.cuda.is_available()
+    run_as = resolve_precision(precision, cuda, not cuda and cpu_has_native_bf16())
+    return run_as, "cuda" if cuda and run_as != "int8" else "cpu"
+
+
 # ONNX node names (from BERT / XLM-R module paths) of the FFN output projection, whose GELU
 # inputs quantise badly.
 _FFN_OUT_NODE = re.compile(r"/layer\.\d+/output/dense/")
@@ -203,11 +224,36 @@ def onnx_runner(model: torch.nn.Module, tokenizer: Any, *, int8: bool = True, sm
     return run
 
 
-def _int8_runner(model: torch.nn.Module, tokenizer: Any) -> Runner:
-    cached = getattr(model, "_hybridir_int8_runner", None)
+# ---------------------------------------------------------------- bf16 on the CPU (OpenVINO)
+
+def openvino_runner(model: torch.nn.Module) -> Runner:
+    """The model in OpenVINO's CPU plugin at bf16 inference precision."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise CannotRun("precision bf16 on the CPU needs the openvino package (pip install openvino), "
+                        "or use precision fp32 / int8") from exc
+    example = torch.ones((2, 8), dtype=torch.long)
+    converted = ov.convert_model(_HiddenStates(copy.deepcopy(model).float().eval()),
+                                 example_input=(example, example))
+    compiled = ov.Core().compile_model(converted, "CPU", {
+        "INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+
+    def run(input_ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+        # copy: the request reuses its output buffer for the next batch
+        return torch.from_numpy(request.infer({"input_ids": input_ids, "attention_mask": mask})[0].copy())
+    return run
+
+
+def _cached_runner(model: torch.nn.Module, key: str, build: Callable[[], Runner]) -> Runner:
+    """One runner per model object and kind (export, conversion, quantisation happen once)."""
+    attr = f"_hybridir_{key}_runner"
+    cached = getattr(model, attr, None)
     if cached is None:
-        cached = onnx_runner(model, tokenizer)
-        object.__setattr__(model, "_hybridir_int8_runner", cached)  # plain attribute, not a submodule
+        cached = build()
+        object.__setattr__(model, attr, cached)  # plain attribute, not a submodule
     return cached
 
 
@@ -224,8 +270,14 @@ def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, pr
     device_type = next(model.parameters()).device.type
     if precision == "int8" and device_type != "cpu":
         raise BadInput("precision int8 runs on the CPU only: move the model to the CPU or use fp32/bf16")
-    run = _int8_runner(model, tokenizer) if precision == "int8" else torch_runner(model)
-    autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    if precision == "int8":
+        run = _cached_runner(model, "int8", lambda: onnx_runner(model, tokenizer))
+    elif precision == "bf16" and device_type == "cpu":
+        run = _cached_runner(model, "openvino_bf16", lambda: openvino_runner(model))
+    else:
+        run = torch_runner(model)
+    autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16,
+                              enabled=precision == "bf16" and device_type != "cpu")
     with autocast:
         return encode_with(run, tokenizer, texts, prefix=prefix, pooling=pooling, max_length=max_length,
                            batch_size=batch_size, progress=progress)
