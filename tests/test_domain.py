@@ -1,19 +1,24 @@
 """Domain data: NFCorpus train pairs (domain.py) and how batches mix them in (--domain-queries)."""
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from hybridir.batches import DOMAIN_SOURCE, build_batches, keep_domain_queries, read_batches
 from hybridir.beir import beir_zip, read_beir
-from hybridir.cli import main
+from hybridir.cli import TRACE_ENV, main
 from hybridir.domain import passage_of
+from hybridir.pipeline import stages
 from hybridir.traindata import norm
 
 from pairs_fixture import build_pairs
+from pipeline_helpers import smoke_params
 from test_batches import params_file
 
 BATCH = 16
@@ -129,3 +134,27 @@ def test_cli_domain_queries(repo: Path, built: dict[str, Path], tmp_path: Path) 
     with pytest.raises(SystemExit):
         main(["batches", "--params", str(params), "--pairs", str(built["combined"]), "--strategy", "xy",
               "--seed", "0", "--domain-queries", "-1", "--out", str(out)])
+
+
+def test_domain_stages_read_exactly_their_declared_params(repo: Path, mirror: Path, built: dict[str, Path],
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stages a domain-size sweep adds (domain-data; batches --domain-queries) read exactly the params
+    their stage declares: the smoke runs, where test_repro checks every other stage, have no domain runs."""
+    params = smoke_params(repo)
+    params["experiments"]["domain_sizes"] = [0, 100]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "raw").symlink_to(mirror, target_is_directory=True)
+    (tmp_path / "data" / "train" / "pairs.parquet").symlink_to(built["main"])
+    table = stages(params)
+    added = [s for s in table if s.name == "domain_data"] + \
+        [s for s in table if "--domain-queries" in s.cmd][:1]   # the batches stages differ only in strategy
+    assert [s.cmd.split()[1] for s in added] == ["domain-data", "batches"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(TRACE_ENV, str(tmp_path / "trace"))
+    for stage in added:
+        argv = shlex.split(stage.cmd)[1:]
+        assert main(argv) == 0, stage.name
+        traced = [json.loads(p.read_text()) for p in (tmp_path / "trace").glob("*.json")]
+        reads = next(t["params"] for t in traced if t["argv"] == argv)
+        assert set(reads) == set(stage.params), stage.name

@@ -317,6 +317,15 @@ def test_fairness_gap_and_probe_sections(report: dict[str, Any], tree: dict[str,
         assert summary["fairness"]["xquad_r"]["xy"][key] == pytest.approx(mean)
         row = next(line for line in section.splitlines() if line.startswith("| X-Y |"))
         assert f"{mean:.3f} ± {np.std([b[key] for b in bodies], ddof=1):.3f}" in row
+    # Per query language: the seed means of per_lang.<lang>.peer / .rank_corr, one table per dataset.
+    per_lang = section.split("Per query language, XQuAD-R")[1]
+    langs = sorted(bodies[0]["per_lang"])
+    header = next(line for line in per_lang.splitlines() if line.startswith("| batches |"))
+    assert header == "| batches | " + " | ".join(langs) + " |"
+    row = next(line for line in per_lang.splitlines() if line.startswith("| X-Y |")).split(" | ")[1:]
+    for lang, cell in zip(langs, row):
+        peer, corr = (np.mean([b["per_lang"][lang][k] for b in bodies]) for k in ("peer", "rank_corr"))
+        assert cell.strip(" |") == f"{peer:.3f} / {corr:.3f}"
     # Less language bias, fairer: the synthetic X-Y has a smaller language offset than X-X-mono.
     fair = summary["fairness"]["xquad_r"]
     assert fair["xy"]["rank_corr"] > fair["xx_mono"]["rank_corr"]

@@ -917,8 +917,23 @@ def fairness_md(t: Tables) -> list[str]:
                           for ts in t.grid.systems.values()]
                 cells.append(_bold_if(fmt(agg[m], agg[f"{m}_std"], _digits(m)), agg[m], _best(column, m)))
         rows.append(cells)
-    return md + md_table(header, rows) + ["", "Per query language: `per_lang.<lang>.peer` and "
-                                          "`.rank_corr` in each metrics.json.", ""]
+    md += md_table(header, rows) + [""]
+    for ds in t.datasets:
+        langs = sorted({lang for tags in t.grid.systems.values() for tag in tags
+                        for lang in t.res.metrics[tag, ds].get("per_lang", {})})
+        md += [f"Per query language, {dataset_label(ds)}: PEER@k / rank agreement (metrics.json "
+               "`per_lang.<lang>.peer`, `.rank_corr`; mean over seeds).", ""]
+        rows = []
+        for system, tags in t.grid.systems.items():
+            cells = [t.labels[system]]
+            for lang in langs:
+                per = [t.res.metrics[tag, ds].get("per_lang", {}).get(lang, {}) for tag in tags]
+                agg = aggregate(per, ("peer", "rank_corr"))
+                cells.append(f"{fmt(agg['peer'], None, _digits('peer'))} / "
+                             f"{fmt(agg['rank_corr'], None, _digits('rank_corr'))}")
+            rows.append(cells)
+        md += md_table(["batches"] + langs, rows) + [""]
+    return md
 
 
 def gap_matrix(matrix: pd.DataFrame) -> pd.DataFrame:
