@@ -321,3 +321,37 @@ def test_hybrid_end_points_are_the_pure_strategies(pairs: pd.DataFrame) -> None:
         pd.testing.assert_frame_equal(hybrid, build_batches(pairs, strategy=pure, alpha=0.5, **settings))
     mixed = build_batches(pairs, strategy="hybrid", alpha=0.5, **settings)
     assert set(mixed["batch_type"]) == {"xx_mono", "xy"}
+
+
+def test_bitext_batches_on_the_written_file(repo: Path, pairs_file: Path, pairs: pd.DataFrame,
+                                            written: dict[str, Path], tmp_path: Path) -> None:
+    """train.bitext_share: translation-ranking batches at the same steps in every strategy; each pairs
+    a sentence with its translation (same group, another language, both `query` texts), groups and
+    both sides' texts unique within the batch, from parallel sources only; share 0 changes nothing."""
+    share, steps = 0.3, 300
+    tables = {s: read_batches(run_batches(repo, tmp_path, pairs_file, s, 0, f"bt-{s}", bitext_share=share))
+              for s in ("xx_mono", "xy", "hybrid")}
+    steps_of = {s: set(t.loc[t["batch_type"] == "bitext", "batch_id"]) for s, (t, _) in tables.items()}
+    assert steps_of["xx_mono"] == steps_of["xy"] == steps_of["hybrid"]
+    assert abs(len(steps_of["hybrid"]) / steps - share) < 0.08
+    assert all(meta["bitext_share"] == share for _, meta in tables.values())
+    by_row = pairs.set_index("row_id")
+    parallel = multilingual_sources(pairs)
+    for strategy, (t, _) in tables.items():
+        assert set(t["batch_type"]) - {"bitext"} == ({"xx_mono", "xy"} if strategy == "hybrid" else {strategy})
+        b = t[t["batch_type"] == "bitext"]
+        q, p = by_row.loc[b["query_row"]], by_row.loc[b["passage_row"]]
+        assert (q["group_id"].values == b["group_id"].values).all() and (p["group_id"].values == b["group_id"].values).all()
+        assert (q["lang"].values == b["query_lang"].values).all() and (p["lang"].values == b["passage_lang"].values).all()
+        assert (b["query_lang"] != b["passage_lang"]).all()
+        assert set(b["source"]) <= parallel and (q["split"] == "train").all() and (p["split"] == "train").all()
+        sides = pd.DataFrame({"batch_id": b["batch_id"].values, "q": q["query"].values, "t": p["query"].values,
+                              "g": b["group_id"].values})
+        for col in ("q", "t", "g"):
+            assert not sides.duplicated(["batch_id", col]).any(), (strategy, col)
+    # share 0 is the old table, byte for byte (the setting is recorded only when used)
+    again = run_batches(repo, tmp_path, pairs_file, "hybrid", 0, "bt0", bitext_share=0)
+    assert again.read_bytes() == written["hybrid"].read_bytes()
+    with pytest.raises(ValueError, match="extra_negatives"):
+        build_batches(pairs, strategy="xy", alpha=0.5, batch_size=BATCH, steps=3, seed=0, extra_negatives=1,
+                      bitext_share=0.5)

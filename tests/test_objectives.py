@@ -117,3 +117,22 @@ def test_freezing_more_layers_than_the_model_has_is_an_error(files: dict[str, Pa
         train_loop(model, tokenizer, texts=Texts(pairs, SPEC), batches=[batch], valid=[batch],
                    cfg=cfg(freeze_layers=3), pooling="mean", device=CPU, save_best=lambda step: None,
                    progress=False)
+
+
+def test_bitext_batch_loss_ranks_translations_of_the_query_texts(files: dict[str, Path], pairs: pd.DataFrame) -> None:
+    """A bitext batch (batches.py, train.bitext_share) is InfoNCE between each sentence and the
+    translations in the batch: both sides the rows' query texts, query prefix and query length."""
+    from hybridir.train import info_nce
+
+    tokenizer, model = load_tiny(files["base"])
+    model = model.double().eval()
+    table = build_batches(pairs, strategy="xy", alpha=0.5, batch_size=BATCH, steps=6, seed=0, bitext_share=0.5)
+    batch = next(b for b in iter_batches(table) if b.batch_type == "bitext")
+    texts, c = Texts(pairs, SPEC), cfg()
+    loss, _ = batch_loss(model, tokenizer, texts, batch, c, "mean", CPU)
+    q, t = (embed(model, tokenizer, texts.queries[rows], max_length=c.query_max_length, pooling="mean",
+                  device=CPU)[0] for rows in (batch.query_rows, batch.passage_rows))
+    assert loss.item() == pytest.approx(info_nce(q, t, c.scale).item(), rel=1e-12)
+    p = embed(model, tokenizer, texts.passages[batch.passage_rows], max_length=c.passage_max_length,
+              pooling="mean", device=CPU)[0]
+    assert abs(loss.item() - info_nce(q, p, c.scale).item()) > 1e-6   # not the passage side

@@ -31,6 +31,17 @@ only the other batches. A domain batch also leaves out a query when a passage in
 relevant to it, or its passage is relevant to a query in the batch (its group's other documents):
 NFCorpus queries share many documents, and those would be false negatives.
 
+Bitext batches (`train.bitext_share` s > 0): translation ranking on the parallel sources: a uniform
+draw w per batch from a third generator (PCG64([seed, 2]): the same steps in every strategy, like
+domain batches) makes it a bitext batch when w < s (a domain step stays a domain step). It takes
+batch_size groups from an X-Y pool (a source drawn as for X-Y); per triplet a query language X and
+another language Y as for X-Y, and the pair (sentence in X, its translation in Y): the `query` texts
+of the group's rows in X and Y (passage_row points at the Y row; train.py embeds that row's query
+text, with the query prefix: both sides are sentences, as in LaBSE's translation ranking, Feng et
+al. 2022, arXiv:2007.01852). The in-batch negatives are the other groups' translations, so a batch
+aligns languages without asking for any same-language retrieval. It is a batch type of its own
+("bitext") in the table and the training log.
+
 Groups are unique within a batch (translations of one item would be false negatives), and so
 are texts: no query text twice, no passage text twice among the positives and extra negatives
 (ARCD questions on one paragraph share their passage; a copy in another group would be a false
@@ -261,10 +272,12 @@ class Batch:
     negatives: list[int] = field(default_factory=list)
     query_texts: set[int] = field(default_factory=set)
     passage_texts: set[int] = field(default_factory=set)   # positives and extra negatives
+    bitext: bool = False   # candidates are the query texts of the passage rows (translations)
 
     def add(self, group: int, qlang: str, plang: str, qrow: int, prow: int) -> bool:
-        """Add the triplet unless its query or passage text is already in the batch."""
-        q, p = self.texts.query[qrow], self.texts.passage[prow]
+        """Add the triplet unless its query or candidate text is already in the batch."""
+        q = self.texts.query[qrow]
+        p = self.texts.query[prow] if self.bitext else self.texts.passage[prow]
         if q in self.query_texts or p in self.passage_texts:
             return False
         self.query_texts.add(q)
@@ -389,11 +402,12 @@ def _fill_domain(batch: Batch, pool: DomainPool, batch_size: int, rng: np.random
 def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float | None, batch_size: int, steps: int,
                   seed: int, split: str = "train", langs: list[str] | None = None,
                   extra_negatives: int = 0, group_fraction: float = 1.0, domain_queries: int | None = 0,
-                  log: Callable[[str], None] | None = None) -> pd.DataFrame:
+                  bitext_share: float = 0.0, log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """The batch table: one row per triplet, `steps` batches of `batch_size`, batch_id 0..steps-1.
 
     `group_fraction` < 1 draws from only that share of each source's groups (keep_group_fraction).
     `domain_queries` (None: all) mixes in that many domain groups (module docstring); 0: none.
+    `bitext_share` > 0 makes that share of the batches translation-ranking batches (module docstring).
     """
     if strategy not in STRATEGIES:
         raise BadInput(f"strategy {strategy!r} unknown; allowed: {', '.join(STRATEGIES)}")
@@ -403,6 +417,11 @@ def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float | None, ba
         raise BadInput(f"train.batch_size = {batch_size} must be >= 2 and train.steps = {steps} >= 1")
     if extra_negatives not in (0, 1):
         raise BadInput(f"train.extra_negatives = {extra_negatives} must be 0 or 1")
+    if not 0.0 <= bitext_share < 1.0:
+        raise BadInput(f"train.bitext_share = {bitext_share} must be in [0, 1)")
+    if bitext_share > 0 and extra_negatives:
+        raise BadInput("train.bitext_share > 0 needs train.extra_negatives: 0 (a bitext batch has no "
+                       "passage-language extra negative)")
     check_pairs(pairs)
     texts = TextIds.of(pairs)   # of every row: row ids index it (row_id = row index)
     is_domain = pairs["source"] == DOMAIN_SOURCE
@@ -421,7 +440,7 @@ def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float | None, ba
 
     eligible = {"xx_mono": sorted(pools.xx), "xy": sorted(pools.xy)}
     needed = {"xx_mono": strategy in ("xx_mono", "hybrid") and (strategy == "xx_mono" or alpha > 0),
-              "xy": strategy in ("xy", "hybrid") and (strategy == "xy" or alpha < 1)}
+              "xy": strategy in ("xy", "hybrid") and (strategy == "xy" or alpha < 1) or bitext_share > 0}
     for kind, need in needed.items():
         if need and not eligible[kind]:
             sizes = {n: s.size for n, s in index.items()}
@@ -437,6 +456,7 @@ def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float | None, ba
     rng = np.random.Generator(np.random.PCG64(seed))
     if domain is not None:
         domain_steps = np.random.Generator(np.random.PCG64([seed, 1])).random(steps) < domain.share
+    bitext_steps = np.random.Generator(np.random.PCG64([seed, 2])).random(steps) < bitext_share
     cols: dict[str, list[Any]] = {f.name: [] for f in BATCH_SCHEMA}
     negs: list[int] = []
     for b in range(steps):
@@ -446,6 +466,13 @@ def build_batches(pairs: pd.DataFrame, *, strategy: str, alpha: float | None, ba
         if domain is not None and domain_steps[b]:
             kind, source, src = "xx_mono", DOMAIN_SOURCE, domain.src
             _fill_domain(batch, domain, batch_size, rng)
+        elif bitext_steps[b]:
+            kind, batch.bitext = "bitext", True
+            names, w = eligible["xy"], weights["xy"]
+            source = names[int(rng.choice(len(names), p=w / w.sum()))]
+            src = index[source]
+            # the X-Y draws; batch.bitext makes each candidate the translation's query text
+            pools.xy[source].take(batch_size, rng, lambda g: _add_xy(batch, src, g, rng))
         else:
             names = eligible[kind]
             w = weights[kind]
@@ -522,16 +549,20 @@ def _run(args: argparse.Namespace) -> int:
     alpha = args.alpha if args.alpha is not None else float(tp["alpha"]) if args.strategy == "hybrid" else None
     pairs = read_pairs(args.pairs)
     langs = params["data"].get("train_langs")
+    bitext_share = float(tp["bitext_share"])
     table = build_batches(pairs, strategy=args.strategy, alpha=alpha, batch_size=int(tp["batch_size"]),
                           steps=int(tp["steps"]), seed=args.seed, split="train", langs=langs,
                           extra_negatives=int(tp["extra_negatives"]), group_fraction=args.group_fraction,
-                          domain_queries=args.domain_queries)
+                          domain_queries=args.domain_queries, bitext_share=bitext_share)
     settings = {"strategy": args.strategy, "seed": args.seed, "alpha": alpha,
                 "batch_size": int(tp["batch_size"]), "steps": int(tp["steps"]),
                 "extra_negatives": int(tp["extra_negatives"]), "group_fraction": args.group_fraction,
                 "langs": langs, "pairs_fingerprint": pairs_fingerprint(pairs)}
-    if args.domain_queries != 0:   # recorded only when used: the other tables stay byte-identical
+    # recorded only when used: the other tables stay byte-identical
+    if args.domain_queries != 0:
         settings["domain_queries"] = "all" if args.domain_queries is None else args.domain_queries
+    if bitext_share > 0:
+        settings["bitext_share"] = bitext_share
     write_batches(table, args.out, settings)
     _stderr(f"batches: {args.out}: {summarize(table)}")
     return 0

@@ -267,7 +267,8 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
             f"{EXECUTABLE} batches {p} --pairs {run_pairs}pairs.parquet --strategy {run.strategy} "
             f"--seed {run.seed}{options} --out {batches}",
             deps=(run_pairs,), outs=(batches,),
-            params=("train.batch_size", "train.steps", "train.extra_negatives", "data.train_langs")
+            params=("train.batch_size", "train.steps", "train.extra_negatives", "train.bitext_share",
+                    "data.train_langs")
             + (("train.alpha",) if tracks_alpha else ())))
         out.append(Stage(
             ident("train", run.tag),

@@ -314,7 +314,10 @@ def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batc
     with amp:
         # tokenized once: the teacher below embeds the same token ids
         q_enc = tokenize(tokenizer, texts.queries[batch.query_rows[shard]], cfg.query_max_length, device)
-        p_enc = tokenize(tokenizer, texts.passages[batch.passage_rows[shard]], cfg.passage_max_length, device)
+        if batch.batch_type == "bitext":   # translation ranking: the candidate is a sentence (batches.py)
+            p_enc = tokenize(tokenizer, texts.queries[batch.passage_rows[shard]], cfg.query_max_length, device)
+        else:
+            p_enc = tokenize(tokenizer, texts.passages[batch.passage_rows[shard]], cfg.passage_max_length, device)
         q, tq = embed_tokens(model, q_enc, pooling=pooling, device=device, unpadded=unpadded)
         p, tp = embed_tokens(model, p_enc, pooling=pooling, device=device, unpadded=unpadded)
         cands = [dist.gather(p)]
@@ -521,8 +524,8 @@ def check_batches(table: pd.DataFrame, settings: dict[str, Any], pairs: pd.DataF
     """The batch table must belong to these pairs and these params (else it is stale)."""
     if settings.get("pairs_fingerprint") != pairs_fingerprint(pairs):
         raise BadInput(f"{path} was built from a different pairs table; rebuild it with `hybridir batches`")
-    for key in ("batch_size", "steps", "extra_negatives"):
-        if settings.get(key) != tp[key]:
+    for key, unset in (("batch_size", None), ("steps", None), ("extra_negatives", None), ("bitext_share", 0)):
+        if settings.get(key, unset) != tp[key]:
             raise BadInput(f"{path} was built with {key} = {settings.get(key)} but train.{key} = {tp[key]}; "
                            "rebuild it with `hybridir batches`")
     rows = np.concatenate([table[c].to_numpy(np.int64) for c in ("query_row", "passage_row", "negative_row")
