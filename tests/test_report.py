@@ -33,7 +33,8 @@ DIM = 48
 NOISE_SCALE = {"xquad": 1.0, "mlqa": 2.5}   # the MLQA-R subset is easier (fewer questions per context)
 # system -> (language-offset size, noise size); smaller offset = less language bias.
 SYSTEMS = {"zeroshot": (1.2, 0.9), "xx_mono": (1.0, 1.3), "xy": (0.3, 0.8), "hybrid": (0.3, 0.8),
-           "a0.25": (0.5, 0.9), "f0.5": (0.6, 1.1)}
+           "a0.25": (0.5, 0.9), "f0.5": (0.6, 1.1), "rdistill": (0.1, 0.4), "rbitext": (0.3, 0.8)}
+SAME_AS_XY = ("hybrid", "rbitext")   # exactly X-Y's vectors: pairs whose differences must come out n.s.
 
 
 def _xquad(mirror: Path) -> evaldata.EvalTables:
@@ -77,8 +78,7 @@ def synthetic_embeddings(tables: evaldata.EvalTables, system: str, seed: int) ->
     row = {c: i for i, c in enumerate(cids)}
     for cid, group in tables.qrels.groupby("cid"):
         cand[row[cid]] = np.mean([meaning[q] for q in group["qid"]], axis=0) + 0.3 * world.normal(size=DIM)
-    # hybrid's vectors are X-Y's exactly: a pair whose differences must come out "n.s.".
-    rng = np.random.default_rng(1000 * seed + sorted(SYSTEMS).index("xy" if system == "hybrid" else system))
+    rng = np.random.default_rng(1000 * seed + sorted(SYSTEMS).index("xy" if system in SAME_AS_XY else system))
     scale = NOISE_SCALE["mlqa" if "ar" in langs else "xquad"]
     q = np.stack([meaning[x] for x in tables.queries["qid"]])
     q += scale * noise * rng.normal(size=(len(tables.queries), DIM))
@@ -97,7 +97,10 @@ def grid_params(repo: Path) -> dict[str, Any]:
     params["train"]["alpha"] = 0.5
     params["experiments"].update(strategies=["xx_mono", "xy", "hybrid"], seeds=[0, 1],
                                  alpha_sweep=[0, 0.25, 0.5, 1], data_fractions=[0.5, 1.0],
-                                 domain_sizes=[0, 200, "all"], beir=["nfcorpus", "arguana"], dev=True)
+                                 domain_sizes=[0, 200, "all"], beir=["nfcorpus", "arguana"], dev=True,
+                                 recipes={"distill": {"distill_weight": 0.2}, "bitext": {"bitext_share": 0.25},
+                                          "same": {"weight_decay": params["train"]["weight_decay"]}},
+                                 recipe_seeds=[0, 2])
     return params
 
 
@@ -105,7 +108,7 @@ def system_of(tag: str) -> str:
     if tag == "zeroshot":
         return tag
     name = tag.rsplit("-s", 1)[0].split("-d")[0]   # domain runs: their strategy's vectors, other noise
-    for sweep in ("-a", "-f"):
+    for sweep in ("-a", "-f", "-r"):
         if sweep in name:
             return sweep[1] + name.split(sweep)[1]   # hybrid-a0.25 -> a0.25, xy-f0.5 -> f0.5
     return name
@@ -140,6 +143,11 @@ def tree(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                 run.mkdir(parents=True)
                 summary = M.summarise(evaluate(tables, emb), langs)
                 (run / "metrics.json").write_text(json.dumps(summary))
+        for tag in grid.dev_only_tags() if ds == "dev" else []:   # the recipe study: dev alone
+            run = results / tag / ds
+            write_embeddings(synthetic_embeddings(subset, system_of(tag), int(tag.rsplit("-s", 1)[1])),
+                             run / "embeddings")
+            run_evaluation(run / "embeddings", tables_dir, run / "eval", run / "metrics.json")
     rng = np.random.default_rng(0)
     for tag in main_tags:
         # probe.json as `hybridir probe` writes it; the gap peaks at layer 2 for trained systems
@@ -159,6 +167,12 @@ def tree(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             (run_dir / "train_summary.json").write_text(json.dumps(
                 {"seconds": 812.4, "steps": 100, "best_step": 75, "steps_per_s": 0.14, "device": "cpu",
                  "returned_base_model": False}))
+    for i, tag in enumerate(grid.recipe_tags()):   # loss.csv as `hybridir train` writes it
+        run_dir = root / "models" / "trained" / enc / tag
+        run_dir.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"step": [0, 10, 20], "train_loss": [np.nan, 1.0, 0.9], "lr": [0, 1e-5, 0],
+                      "valid_loss": [1.2, 0.8 - 0.01 * i, np.nan], "batch_type": ["", "xy", "xx_mono"]}
+                     ).to_csv(run_dir / "loss.csv", index=False)
     for tag in matrix_tags - main_tags:   # the domain runs: NFCorpus rises with the domain size
         path = results / tag / "beir" / "nfcorpus.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,8 +205,14 @@ def test_grid_tags_are_the_stage_tables(tree: dict[str, Any]) -> None:
     assert grid.fraction["xy", 0.5] == ["xy-f0.5-s0", "xy-f0.5-s1"]
     assert grid.fraction["xx_mono", 1.0] == ["xx_mono-s0", "xx_mono-s1"]
     assert grid.beir == ["nfcorpus", "arguana"]
+    # The recipe study: "same" equals train's settings, so it is the default; seed 2 is outside the
+    # main grid, so its default run is a dev-only one.
+    assert grid.recipes == {"default": ["hybrid-s0", "hybrid-s2"], "distill": ["hybrid-rdistill-s0", "hybrid-rdistill-s2"],
+                            "bitext": ["hybrid-rbitext-s0", "hybrid-rbitext-s2"]}
+    assert grid.dev_only_tags() == ["hybrid-s2", "hybrid-rdistill-s0", "hybrid-rdistill-s2", "hybrid-rbitext-s0",
+                                    "hybrid-rbitext-s2"]
     # Every tag the report reads is a model the pipeline trains and evaluates, and vice versa.
-    assert set(grid.all_tags()) == set(model_tags(params))
+    assert set(grid.all_tags()) | set(grid.recipe_tags()) == set(model_tags(params))
 
 
 def test_headline_tables_match_the_metrics_files(tree: dict[str, Any], report: dict[str, Any]) -> None:
@@ -353,11 +373,13 @@ def test_missing_result_file_names_it_and_its_stage(tree: dict[str, Any], tmp_pa
     shutil.copytree(tree["results"], results)
     (results / "hybrid-a0.25-s1" / "mlqa_r" / "metrics.json").unlink()
     (results / "xy-s0" / "beir" / "arguana.json").unlink()
-    inp = ReportInputs(params=tree["params"], results=results, n_permutations=100)
+    (results / "hybrid-rdistill-s2" / "dev" / "metrics.json").unlink()   # a recipe run: dev only
+    inp = ReportInputs(params=tree["params"], results=results, models_dir=tree["models"], n_permutations=100)
     with pytest.raises(FileNotFoundError) as err:
         build_report(inp, tmp_path / "reports")
     message = str(err.value)
-    assert "2 result file(s)" in message
+    assert "3 result file(s)" in message
+    assert "hybrid-rdistill-s2/dev/metrics.json  <- stage evaluate_hybrid_rdistill_s2_dev" in message
     assert f"{results}/hybrid-a0.25-s1/mlqa_r/metrics.json  <- stage evaluate_hybrid_a0_25_s1_mlqa_r" in message
     assert "xy-s0/beir/arguana.json  <- stage beir_xy_s0_arguana" in message
     assert not (tmp_path / "reports").exists()  # nothing half-written
@@ -482,3 +504,28 @@ def test_domain_size_section(report: dict[str, Any], tree: dict[str, Any]) -> No
     # the per-pair changes: one row per strategy and non-zero size, against the main run
     section = md.split("Domain data (NFCorpus)")[1].split("\n## ")[0]
     assert section.count("| X-Y ") >= 2 * 2 and "largest drops" in section
+
+
+def test_recipe_study_section(report: dict[str, Any], tree: dict[str, Any]) -> None:
+    """The recipe table on the dev benchmark: seed means of the dev metrics, the selected validation
+    loss from loss.csv, and paired tests against the default at the recipe seeds."""
+    rec, md, results = report["summary"]["recipes"], report["md"], tree["results"]
+    assert list(rec) == ["default", "distill", "bitext"]   # "same" is the default: not a row of its own
+    for name, tags in tree["grid"].recipes.items():
+        if name == "same":
+            continue
+        bodies = [json.loads((results / t / "dev" / "metrics.json").read_text()) for t in tags]
+        assert rec[name]["mo"] == pytest.approx(np.mean([b["mo"] for b in bodies]))
+        assert rec[name]["mean3"] == pytest.approx(np.mean([np.mean([b[m] for m in ("mo", "cr", "mul")])
+                                                            for b in bodies]))
+        losses = [pd.read_csv(tree["models"] / t / "loss.csv")["valid_loss"].min() for t in tags]
+        assert rec[name]["valid_loss"] == pytest.approx(np.mean(losses))
+    for metric in ("mo", "cr", "mul"):
+        assert rec["bitext"][f"{metric}_diff"] == 0.0 and rec["bitext"][f"{metric}_p_holm"] == 1.0   # same vectors
+        assert rec["distill"][f"{metric}_diff"] > 0 and rec["distill"][f"{metric}_p_holm"] < 0.05    # less noise
+    assert "## 13. Recipe study (dev benchmark)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| distill |"))
+    assert "`distill_weight=0.2`" in row and f"{rec['distill']['mo']:.3f} ±" in row
+    assert pd.read_csv(report["out"] / "recipes.csv")["recipe"].tolist() == ["default", "distill", "bitext"]
+    # the recipe runs are scored on the dev benchmark only
+    assert not (results / "hybrid-rdistill-s0" / "xquad_r").exists()

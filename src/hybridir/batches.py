@@ -589,5 +589,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--domain-queries", type=domain_size, default=0,
                    help="mix in this many domain groups (NFCorpus train queries; `all`) from the "
                         "domain-data pairs table (domain-size sweep); default 0: none")
+    p.add_argument("--recipe", default=None,
+                   help="use experiments.recipes.<RECIPE>'s train settings in place of train's (recipe study)")
     p.add_argument("--out", required=True, help="output parquet, e.g. data/batches/hybrid-s0.parquet")
     p.set_defaults(func=_run)

@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             from .config import load_params
 
             args.params = load_params(args.params)
+            if getattr(args, "recipe", None):   # batches / train of a recipe-study run
+                from .config import with_recipe
+
+                args.params = with_recipe(args.params, args.recipe)
             if os.environ.get("DVC_STAGE") and args.command != "dvc-yaml":
                 _check_dvc_yaml(args.params)
         code = int(args.func(args) or 0)

@@ -32,7 +32,8 @@ class Params(dict):
                  reads: set[str] | None = None):
         self.source, self._prefix = source, prefix
         self.reads: set[str] = set() if reads is None else reads
-        super().__init__({k: Params(v, source, f"{prefix}{k}.", self.reads) if isinstance(v, dict) else v
+        # an empty mapping is a leaf: reading it is a read (e.g. experiments.recipes: {})
+        super().__init__({k: Params(v, source, f"{prefix}{k}.", self.reads) if isinstance(v, dict) and v else v
                           for k, v in data.items()})
 
     def __getitem__(self, key: str) -> Any:
@@ -63,6 +64,9 @@ def schema() -> dict[str, Any]:
         name: json.loads(resources.files("hybridir").joinpath(f"schema/{name}.json").read_text())
         for name in SECTIONS
     }
+    # a recipe holds train settings: each is checked by the train section's own rules
+    recipe = {k: v for k, v in props["train"].items() if k != "required"} | {"minProperties": 1}
+    props["experiments"]["properties"]["recipes"]["additionalProperties"] = recipe
     return {"type": "object", "properties": props, "required": list(SECTIONS),
             "additionalProperties": False}
 
@@ -92,3 +96,30 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(params, dict):
         raise ConfigError(f"{path} must be a mapping of sections {SECTIONS}")
     return Params(validate(params, str(path)), str(path))
+
+
+class _RecipeTrain(Params):
+    """The train section with a recipe's values in place of its own: a read of an overridden key is
+    recorded as the recipe's key (experiments.recipes.<name>.<key>), the one a stage declares."""
+
+    def __init__(self, train: Params, recipe: Params, name: str):
+        super().__init__(train.plain(), train.source, "train.", train.reads)
+        self._recipe, self._name = recipe, name
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._recipe:
+            return self._recipe[key]
+        return super().__getitem__(key)
+
+
+def with_recipe(params: Params, name: str) -> Params:
+    """`params` with experiments.recipes[name]'s train settings in place of train's (recipe study)."""
+    recipes = params["experiments"]["recipes"]
+    if name not in recipes:
+        raise ConfigError(f"recipe {name!r} is not in experiments.recipes of {params.source} "
+                          f"(defined: {', '.join(recipes) or 'none'})")
+    out = Params({}, params.source, "", params.reads)
+    for section in params:
+        dict.__setitem__(out, section, dict.__getitem__(params, section))
+    dict.__setitem__(out, "train", _RecipeTrain(dict.__getitem__(params, "train"), recipes[name], name))
+    return out

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from .cli import COMMANDS
-from .config import Params
+from .config import ConfigError, Params
 
 EXECUTABLE = "hybridir"
 
@@ -134,24 +134,26 @@ def num(x: float) -> str:
 @dataclass(frozen=True)
 class Run:
     """One trained model: a batch strategy and seed, optionally at a swept alpha, data fraction or
-    domain size."""
+    domain size, or with a recipe's train settings."""
     strategy: str
     seed: int
     alpha: float | None = None     # None: train.alpha from params (hybrid only)
     fraction: float | None = None  # None: every training group
     domain: int | str | None = None  # NFCorpus train queries mixed in ("all": every one); None: none
+    recipe: str | None = None      # experiments.recipes key (recipe study); None: the train section
 
     @property
     def tag(self) -> str:
         sweep = (f"-a{num(self.alpha)}" if self.alpha is not None else "") + \
                 (f"-f{num(self.fraction)}" if self.fraction is not None else "") + \
-                (f"-d{self.domain}" if self.domain is not None else "")
+                (f"-d{self.domain}" if self.domain is not None else "") + \
+                (f"-r{self.recipe}" if self.recipe is not None else "")
         return f"{self.strategy}{sweep}-s{self.seed}"
 
     @property
     def main(self) -> bool:
         """A run of the main grid (no sweep setting)."""
-        return self.alpha is None and self.fraction is None and self.domain is None
+        return self.alpha is None and self.fraction is None and self.domain is None and self.recipe is None
 
 
 def ident(*parts: str) -> str:
@@ -160,11 +162,14 @@ def ident(*parts: str) -> str:
 
 
 def make_run(params: dict[str, Any], strategy: str, seed: int, *, alpha: float | None = None,
-             fraction: float | None = None, domain: int | str | None = None) -> Run:
+             fraction: float | None = None, domain: int | str | None = None, recipe: str | None = None) -> Run:
     """The Run for one setting. A sweep point that is another run's setting is that run, trained
     once: alpha = train.alpha is the main hybrid run; hybrid at alpha 1 (0) builds exactly the
     X-X-mono (X-Y) batches (batches.py, step 1), so it is that run; fraction 1 is the full data;
-    domain size 0 is no domain data."""
+    domain size 0 is no domain data; a recipe whose every setting equals train's is the default."""
+    if recipe is not None and all(params["train"][k] == v
+                                  for k, v in params["experiments"]["recipes"][recipe].items()):
+        recipe = None
     if alpha is not None and float(alpha) in (0.0, 1.0):
         strategy, alpha = ("xx_mono" if float(alpha) == 1.0 else "xy"), None
     if alpha is not None and float(alpha) == float(params["train"]["alpha"]):
@@ -173,12 +178,23 @@ def make_run(params: dict[str, Any], strategy: str, seed: int, *, alpha: float |
         fraction = None
     if domain == 0:
         domain = None
-    return Run(strategy, seed, alpha=alpha, fraction=fraction, domain=domain)
+    return Run(strategy, seed, alpha=alpha, fraction=fraction, domain=domain, recipe=recipe)
 
 
-def runs(params: dict[str, Any]) -> list[Run]:
-    """Every trained model (each once): the main grid, then the optional alpha, data-size and
-    domain-size sweeps."""
+def recipe_runs(params: dict[str, Any]) -> dict[str, list[Run]]:
+    """The recipe study: per recipe (and "default", the train section, first) its hybrid runs, one per
+    experiments.recipe_seeds. A recipe with train's own settings is the default (make_run): no row."""
+    exp = params["experiments"]
+    if not exp["recipes"]:
+        return {}
+    out = {name or "default": [make_run(params, "hybrid", seed, recipe=name) for seed in exp["recipe_seeds"]]
+           for name in [None] + list(exp["recipes"])}
+    return {name: rs for name, rs in out.items() if name == "default" or rs[0].recipe is not None}
+
+
+def grid_runs(params: dict[str, Any]) -> list[Run]:
+    """The trained models scored on the evaluation sets (each once): the main grid, then the optional
+    alpha, data-size and domain-size sweeps."""
     exp = params["experiments"]
     main = [Run(s, seed) for s in exp["strategies"] for seed in exp["seeds"]]
     alpha = [make_run(params, "hybrid", seed, alpha=a) for a in exp["alpha_sweep"] for seed in exp["seeds"]]
@@ -187,6 +203,11 @@ def runs(params: dict[str, Any]) -> list[Run]:
     domain = [make_run(params, s, seed, domain=d) for d in exp["domain_sizes"]
               for s in exp["strategies"] for seed in exp["seeds"]]
     return list(dict.fromkeys(main + alpha + size + domain))
+
+
+def runs(params: dict[str, Any]) -> list[Run]:
+    """Every trained model (each once): grid_runs, then the recipe study's."""
+    return list(dict.fromkeys(grid_runs(params) + [r for rs in recipe_runs(params).values() for r in rs]))
 
 
 def beir_datasets(params: dict[str, Any], run: Run | None) -> list[str]:
@@ -200,6 +221,16 @@ def beir_datasets(params: dict[str, Any], run: Run | None) -> list[str]:
     return domain if run.domain is not None else []
 
 
+def run_params(params: dict[str, Any], run: Run, keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The params `keys` as `run`'s stages read them: a recipe's settings in place of train's
+    (config.with_recipe records those reads as experiments.recipes.<name>.<key>)."""
+    if run.recipe is None:
+        return keys
+    recipe = params["experiments"]["recipes"][run.recipe]
+    return tuple(f"experiments.recipes.{run.recipe}.{k[len('train.'):]}"
+                 if k.startswith("train.") and k[len("train."):] in recipe else k for k in keys)
+
+
 def model_tags(params: dict[str, Any]) -> list[str]:
     """Every model the evaluation scores: the zero-shot base model and each trained run."""
     return ["zeroshot"] + [r.tag for r in runs(params)]
@@ -208,13 +239,15 @@ def model_tags(params: dict[str, Any]) -> list[str]:
 DEV = "dev"   # the dev benchmark's dataset name (devdata.py)
 
 
-def scored_datasets(params: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    """Every dataset each model is encoded and evaluated on -> (the stage output holding it, its tables'
-    directory): data.eval_datasets, then the dev benchmark when experiments.dev is on."""
-    out = {ds: ("data/eval/", f"data/eval/{ds}") for ds in params["data"]["eval_datasets"]}
-    if params["experiments"]["dev"]:
-        out[DEV] = ("data/dev/", "data/dev")
-    return out
+def scored_datasets(params: dict[str, Any], dev_only: bool = False) -> dict[str, tuple[str, str]]:
+    """The datasets a model is encoded and evaluated on -> (the stage output holding it, its tables'
+    directory): data.eval_datasets, then the dev benchmark when experiments.dev is on. `dev_only`: a
+    run of the recipe study alone, scored on the dev benchmark only (recipes are chosen there, not on
+    the evaluation sets)."""
+    dev = {DEV: ("data/dev/", "data/dev")} if params["experiments"]["dev"] else {}
+    if dev_only:
+        return dev
+    return {ds: ("data/eval/", f"data/eval/{ds}") for ds in params["data"]["eval_datasets"]} | dev
 
 
 def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Stage]:
@@ -245,6 +278,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
               deps=(), outs=(base,), params=import_params),
     ]
     all_runs = runs(params)
+    study_only = set(all_runs) - set(grid_runs(params))   # scored on the dev benchmark alone
     domain_pairs = "data/train_domain/"
     if any(r.domain is not None for r in all_runs):
         out.append(Stage("domain_data", f"{EXECUTABLE} domain-data --raw data/raw --pairs {pairs}pairs.parquet "
@@ -253,32 +287,38 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
     # train reads every train.* setting except alpha (batch_size, steps and extra_negatives to check
     # that the batch table is current) and data.train_langs (for the validation batches).
     train_params = tuple(f"train.{k}" for k in params["train"] if k != "alpha") + ("data.train_langs",)
+    if params["experiments"]["recipes"] and not params["experiments"]["dev"]:
+        raise ConfigError(f"{params_file}: experiments.recipes needs experiments.dev: true (recipes are "
+                          "compared on the dev benchmark only)")
     for run in all_runs:
+        def read(keys: tuple[str, ...], run: Run = run) -> tuple[str, ...]:
+            return run_params(params, run, keys)
+
         batches = f"data/batches/{run.tag}.parquet"
         model_dir = f"models/trained/{enc}/{run.tag}/"
         models[run.tag] = (model_dir, run)
         run_pairs = pairs if run.domain is None else domain_pairs
         options = (f" --alpha {num(run.alpha)}" if run.alpha is not None else "") + \
                   (f" --group-fraction {num(run.fraction)}" if run.fraction is not None else "") + \
-                  (f" --domain-queries {run.domain}" if run.domain is not None else "")
+                  (f" --domain-queries {run.domain}" if run.domain is not None else "") + \
+                  (f" --recipe {run.recipe}" if run.recipe is not None else "")
         tracks_alpha = run.strategy == "hybrid" and run.alpha is None
         out.append(Stage(
             ident("batches", run.tag),
             f"{EXECUTABLE} batches {p} --pairs {run_pairs}pairs.parquet --strategy {run.strategy} "
             f"--seed {run.seed}{options} --out {batches}",
             deps=(run_pairs,), outs=(batches,),
-            params=("train.batch_size", "train.steps", "train.extra_negatives", "train.bitext_share",
-                    "data.train_langs")
-            + (("train.alpha",) if tracks_alpha else ())))
+            params=read(("train.batch_size", "train.steps", "train.extra_negatives", "train.bitext_share",
+                         "data.train_langs") + (("train.alpha",) if tracks_alpha else ()))))
         out.append(Stage(
             ident("train", run.tag),
             f"{EXECUTABLE} train {p} --base {base} --pairs {run_pairs}pairs.parquet "
-            f"--batches {batches} --out {model_dir}",
+            f"--batches {batches}{' --recipe ' + run.recipe if run.recipe else ''} --out {model_dir}",
             deps=(base, run_pairs, batches), outs=(model_dir,),
-            params=train_params))
+            params=read(train_params)))
     report_deps = []
     for tag, (model_dir, run) in models.items():
-        for ds, (tables_out, tables) in scored_datasets(params).items():
+        for ds, (tables_out, tables) in scored_datasets(params, run in study_only).items():
             res = f"results/{enc}/{tag}/{ds}/"
             out.append(Stage(
                 ident("encode", tag, ds),
@@ -296,14 +336,15 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 f"--out {res}eval --metrics {metrics}",
                 deps=(f"{res}embeddings/", tables_out),
                 outs=(f"{res}eval/",), metrics=(metrics,), params=("evaluate.top_k", "evaluate.top_k_cells")))
-        if params["experiments"]["probe"] and (run is None or run.main):   # the main grid only
+        in_grid = run is None or run not in study_only
+        if params["experiments"]["probe"] and in_grid and (run is None or run.main):   # the main grid only
             result = f"results/{enc}/{tag}/probe.json"
             report_deps.append(result)
             out.append(Stage(
                 ident("probe", tag),
                 f"{EXECUTABLE} probe {p} --model {model_dir} --pairs {pairs}pairs.parquet --out {result}",
                 deps=(model_dir, pairs), outs=(), metrics=(result,)))
-        for ds in beir_datasets(params, run):
+        for ds in beir_datasets(params, run) if in_grid else []:
             result = f"results/{enc}/{tag}/beir/{ds}.json"
             report_deps.append(result)
             out.append(Stage(
@@ -312,23 +353,26 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 deps=("data/raw/", model_dir), metrics=(result,),
                 outs=(), params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision",
                                  "evaluate.beir_max_queries", "evaluate.beir_max_docs", "data.seed")))
-    # The report reads each trained model's train_summary.json (timings.md) besides the results.
+    # The report reads each trained model's train_summary.json (timings.md) and the recipe study's
+    # loss.csv besides the results.
     trained = tuple(d for d, run in models.values() if run is not None)
     exp = params["experiments"]
     sweep_csvs = tuple(f"reports/{name}.csv" for name, key in
                        (("alpha_sweep", "alpha_sweep"), ("data_size", "data_fractions"),
-                        ("domain_size", "domain_sizes"), ("beir", "beir"))
+                        ("domain_size", "domain_sizes"), ("beir", "beir"), ("recipes", "recipes"))
                        if exp[key])
     out.append(Stage(
         "report", f"{EXECUTABLE} report {p} --results results/{enc} --out reports",
         deps=tuple(report_deps) + trained,
         outs=("reports/report.md", "reports/headline.csv", "reports/figures/") + sweep_csvs,
         metrics=("reports/summary.json",), uncached=("reports/timings.md",),
-        # Its title and provenance describe the run (data, encoder, steps) and list the stage commands.
-        params=tuple(f"experiments.{k}" for k in exp) + (
+        # Its title and provenance describe the run (data, encoder, steps) and list the stage commands;
+        # the recipe study's tags depend on whether a recipe's settings equal train's (make_run).
+        params=tuple(dict.fromkeys(tuple(k for key in exp for k in leaf_keys(params, f"experiments.{key}")) + (
             "data.eval_datasets", "data.eval_langs", "data.eval_max_queries_per_lang", "data.eval_pool",
             "data.train_langs", "data.train_sources", "encoder.name", "encoder.source", "train.alpha",
-            "train.batch_size", "train.steps")))
+            "train.batch_size", "train.steps") + tuple(
+            f"train.{k}" for recipe in exp["recipes"].values() for k in recipe)))))
     return with_resources(with_code_deps(out), job_resources(params))
 
 
@@ -361,6 +405,14 @@ def lookup(params: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         value = value[part]
     return value
+
+
+def leaf_keys(params: dict[str, Any], dotted: str) -> tuple[str, ...]:
+    """The dotted keys of the values under `dotted` (itself when not a non-empty mapping)."""
+    value = lookup(params, dotted)
+    if not isinstance(value, dict) or not value:
+        return (dotted,)
+    return tuple(k for key in value for k in leaf_keys(params, f"{dotted}.{key}"))
 
 
 def param_values(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

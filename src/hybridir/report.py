@@ -47,7 +47,7 @@ import pandas as pd
 
 from .atomic import atomic_outputs
 from .errors import BadInput, MissingInput
-from .pipeline import DEV, Run, Stage, ident, make_run, num, param_values, scored_datasets, stages
+from .pipeline import DEV, Run, Stage, ident, make_run, num, param_values, recipe_runs, scored_datasets, stages
 
 DATASET_LABELS = {"xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R", DEV: "dev (held-out training documents)"}
 BEIR_LABELS = {"nfcorpus": "NFCorpus", "arguana": "ArguAna"}
@@ -95,6 +95,7 @@ class Grid:
     beir: list[str] = field(default_factory=list)          # BEIR dataset names
     probe: bool = False                                    # the layer-wise alignment probe (main grid)
     domain: dict[tuple[str, str], list[str]] = field(default_factory=dict)   # (strategy, size) -> tags
+    recipes: dict[str, list[str]] = field(default_factory=dict)   # recipe ("default" first) -> hybrid tags
 
     def main_tags(self) -> list[str]:
         return [t for tags in self.systems.values() for t in tags]
@@ -107,6 +108,15 @@ class Grid:
     def matrix_tags(self) -> list[str]:
         """The tags whose per-query APs are read (mAP matrices): the main grid and the domain runs."""
         return list(dict.fromkeys(self.main_tags() + [t for ts in self.domain.values() for t in ts]))
+
+    def recipe_tags(self) -> list[str]:
+        """The recipe study's tags, each once (the default's may be main-grid tags)."""
+        return list(dict.fromkeys(t for ts in self.recipes.values() for t in ts))
+
+    def dev_only_tags(self) -> list[str]:
+        """Tags scored on the dev benchmark alone (pipeline.scored_datasets, dev_only)."""
+        grid = set(self.all_tags())
+        return [t for t in self.recipe_tags() if t not in grid]
 
     def beir_checks(self) -> list[tuple[str, str]]:
         """(tag, BEIR dataset) of every check read, as pipeline.beir_datasets creates them."""
@@ -129,7 +139,8 @@ def experiment_grid(params: dict[str, Any]) -> Grid:
                  for s in exp["strategies"] for f in exp.get("data_fractions") or []}
     domain = {(s, str(d)): [make_run(params, s, seed, domain=d).tag for seed in seeds]
               for s in exp["strategies"] for d in exp.get("domain_sizes") or []}
-    return Grid(systems, alphas, fractions, list(exp.get("beir") or []), bool(exp.get("probe")), domain)
+    recipes = {name: [r.tag for r in rs] for name, rs in recipe_runs(params).items()}
+    return Grid(systems, alphas, fractions, list(exp.get("beir") or []), bool(exp.get("probe")), domain, recipes)
 
 
 # ---------------------------------------------------------------- reading results
@@ -152,11 +163,21 @@ class Results:
     per_query: dict[tuple[str, str], pd.DataFrame]    # (tag, dataset) -> per_query (main grid)
     beir: dict[tuple[str, str], dict[str, Any]]       # (tag, name) -> beir JSON
     probe: dict[str, dict[str, Any]] = field(default_factory=dict)   # tag -> probe.json (main grid)
+    valid_loss: dict[str, float] = field(default_factory=dict)      # tag -> selected validation loss (recipes)
 
 
-def required_files(results: Path, grid: Grid, datasets: Sequence[str]) -> list[tuple[Path, str]]:
-    """(file, how it is produced) for everything the report reads."""
+def required_files(results: Path, grid: Grid, datasets: Sequence[str],
+                   models: Path | None = None) -> list[tuple[Path, str]]:
+    """(file, how it is produced) for everything the report reads (`models`: models/trained/<encoder>,
+    for the recipe study's validation losses)."""
     needed: list[tuple[Path, str]] = []
+    for tag in grid.dev_only_tags():
+        how = f"stage {ident('evaluate', tag, DEV)} (`hybridir evaluate`)"
+        needed += [(results / tag / DEV / "metrics.json", how), (results / tag / DEV / "eval" / "per_query.parquet", how)]
+    if grid.recipes and models is None:
+        raise BadInput("the recipe study (experiments.recipes) needs the trained models' loss.csv: pass --models")
+    for tag in grid.recipe_tags():
+        needed.append((models / tag / "loss.csv", f"stage {ident('train', tag)} (`hybridir train`)"))
     main = set(grid.matrix_tags())
     for tag in grid.all_tags():
         for ds in datasets:
@@ -173,10 +194,10 @@ def required_files(results: Path, grid: Grid, datasets: Sequence[str]) -> list[t
     return needed
 
 
-def load_results(results: str | Path, grid: Grid, datasets: Sequence[str]) -> Results:
+def load_results(results: str | Path, grid: Grid, datasets: Sequence[str], models: Path | None = None) -> Results:
     """Read every file the report needs; a missing one is a FileNotFoundError that lists them all."""
     results = Path(results)
-    needed = required_files(results, grid, datasets)
+    needed = required_files(results, grid, datasets, models)
     missing = [(p, how) for p, how in needed if not p.is_file()]
     if missing:
         shown = "\n".join(f"  {p}  <- {how}" for p, how in missing[:20])
@@ -203,6 +224,12 @@ def load_results(results: str | Path, grid: Grid, datasets: Sequence[str]) -> Re
     for tag in grid.main_tags():
         if grid.probe:
             out.probe[tag] = _read_json(results / tag / "probe.json")
+    for tag in grid.dev_only_tags():
+        out.metrics[tag, DEV] = _read_json(results / tag / DEV / "metrics.json")
+        out.per_query[tag, DEV] = pd.read_parquet(results / tag / DEV / "eval" / "per_query.parquet")[columns]
+    for tag in grid.recipe_tags():
+        # loss.csv, not train_summary.json: the same bytes for the same run (no timings)
+        out.valid_loss[tag] = float(pd.read_csv(models / tag / "loss.csv")["valid_loss"].min())
     return out
 
 
@@ -269,6 +296,35 @@ def domain_table(res: Results, grid: Grid, datasets: Sequence[str]) -> pd.DataFr
                          "nfcorpus_ndcg10": nf["ndcg10"], "nfcorpus_ndcg10_std": nf["ndcg10_std"],
                          "subsampled": any(b.get("subsampled") for b in bodies)})
     return pd.DataFrame(rows)
+
+
+def recipe_table(res: Results, grid: Grid, params: dict[str, Any], *, n_permutations: int,
+                 seed: int = 0) -> pd.DataFrame:
+    """The recipe study on the dev benchmark: per recipe its settings, the headline metrics, their mean
+    over Mo. / Cr. / Mul. and the selected validation loss (seed means), and paired randomization tests
+    against the default at the same seeds (Holm over the recipes, per metric)."""
+    from .significance import holm, per_query_ap, randomization_test
+
+    recipes = params["experiments"]["recipes"]
+    ap = {name: per_query_ap([res.per_query[t, DEV] for t in tags]) for name, tags in grid.recipes.items()}
+    rows = []
+    for name, tags in grid.recipes.items():
+        m = aggregate([res.metrics[t, DEV] for t in tags], HEADLINE)
+        mean3, mean3_std = seed_stats([np.mean([_value(res.metrics[t, DEV][k]) for k in ("mo", "cr", "mul")])
+                                       for t in tags])
+        loss, loss_std = seed_stats([res.valid_loss[t] for t in tags])
+        rows.append({"recipe": name, "settings": "" if name == "default" else
+                     ", ".join(f"{k}={v}" for k, v in recipes[name].items()),
+                     **m, "mean3": mean3, "mean3_std": mean3_std, "valid_loss": loss, "valid_loss_std": loss_std})
+    table = pd.DataFrame(rows)
+    others = [name for name in grid.recipes if name != "default"]
+    for metric in ("mo", "cr", "mul"):
+        tests = [randomization_test(ap[name], ap["default"], metric, n_permutations=n_permutations, seed=seed)
+                 for name in others]
+        adjusted = dict(zip(others, holm([t.p_value for t in tests]))) if tests else {}
+        table[f"{metric}_diff"] = [math.nan if n == "default" else tests[others.index(n)].diff for n in table["recipe"]]
+        table[f"{metric}_p_holm"] = [math.nan if n == "default" else float(adjusted[n]) for n in table["recipe"]]
+    return table
 
 
 def per_language(res: Results, grid: Grid, ds: str, measure: str) -> pd.DataFrame:
@@ -585,6 +641,7 @@ class Tables:
     domain: pd.DataFrame     # domain_table (empty: sweep off)
     beir: pd.DataFrame       # beir_table (empty: off)
     n_permutations: int
+    recipes: pd.DataFrame = field(default_factory=pd.DataFrame)   # recipe_table (empty: study off)
 
     @property
     def datasets(self) -> list[str]:
@@ -609,7 +666,7 @@ def build_tables(inp: ReportInputs, log: Callable[[str], None]) -> Tables:
     params = inp.params
     datasets = list(scored_datasets(params))
     grid = experiment_grid(params)
-    res = load_results(inp.results, grid, datasets)
+    res = load_results(inp.results, grid, datasets, inp.models_dir)
     log(f"report: significance tests ({inp.n_permutations} permutations)")
     return Tables(
         params, grid, res, head=headline_table(res, grid, datasets),
@@ -619,7 +676,9 @@ def build_tables(inp: ReportInputs, log: Callable[[str], None]) -> Tables:
               if grid.fraction else pd.DataFrame()),
         domain=domain_table(res, grid, datasets) if grid.domain else pd.DataFrame(),
         beir=beir_table(res, grid) if grid.beir else pd.DataFrame(),
-        n_permutations=inp.n_permutations)
+        n_permutations=inp.n_permutations,
+        recipes=(recipe_table(res, grid, params, n_permutations=inp.n_permutations)
+                 if grid.recipes else pd.DataFrame()))
 
 
 def figure_link(name: str, caption: str) -> list[str]:
@@ -859,6 +918,34 @@ def domain_md(t: Tables, figures: Path) -> list[str]:
     return md
 
 
+def recipes_md(t: Tables) -> list[str]:
+    """The recipe study: every recipe on the dev benchmark against the default; nothing when off."""
+    if not len(t.recipes):
+        return []
+    seeds = t.params["experiments"]["recipe_seeds"]
+    md = ["## Recipe study (dev benchmark)", "",
+          f"Hybrid runs with other train settings (experiments.recipes), scored on the dev benchmark only; "
+          f"seeds {', '.join(map(str, seeds))} (mean ± sd over seeds where several). *default* = the train "
+          "section of the params. Mean = mean of Mo., Cr. and Mul.; valid loss = the selected checkpoint's "
+          "validation InfoNCE (not comparable across recipes that change train.scale). Δ = recipe − default "
+          f"with p from the paired randomization test above (question units, {t.n_permutations:,} "
+          "permutations, Holm over the recipes per metric). Choose the default on this table, then score "
+          "it once on the evaluation sets.", ""]
+    best = {m: _best(t.recipes[m].tolist(), m) for m in ("mo", "cr", "mul", "rank_distance", "mean3")}
+    rows = []
+    for _, r in t.recipes.iterrows():
+        cells = [r["recipe"], f"`{r['settings']}`" if r["settings"] else "–"]
+        cells += [_bold_if(fmt(r[m], r[f"{m}_std"], _digits(m)), r[m], best[m])
+                  for m in ("mo", "cr", "mul", "mean3", "rank_distance")]
+        cells.append(fmt(r["valid_loss"], r["valid_loss_std"]))
+        cells += ["–" if r["recipe"] == "default" else f"{r[f'{m}_diff']:+.3f} ({_p_text(r[f'{m}_p_holm'], t.n_permutations)})"
+                  for m in ("mo", "cr", "mul")]
+        rows.append(cells)
+    md += md_table(["recipe", "settings", "Mo.", "Cr.", "Mul.", "mean", "rank distance", "valid loss",
+                    "Mo. Δ (p)", "Cr. Δ (p)", "Mul. Δ (p)"], rows)
+    return md + [""]
+
+
 def beir_md(t: Tables) -> list[str]:
     """The English out-of-domain checks; nothing when experiments.beir is empty."""
     beir = t.beir
@@ -1061,6 +1148,9 @@ def summary_json(t: Tables, prov: dict[str, Any]) -> dict[str, Any]:
                                            for _, r in g.iterrows()}
                                        for s, g in t.domain[t.domain["dataset"] == ds].groupby("strategy", sort=False)}
                                   for ds in datasets}
+    if len(t.recipes):
+        summary["recipes"] = {r["recipe"]: _json_ready({k: v for k, v in r.items() if k != "recipe"})
+                              for _, r in t.recipes.iterrows()}
     if len(t.beir):
         summary["beir"] = {n: {r["strategy"]: _metric_dict(r, ("ndcg10", "recall100"))
                                for _, r in t.beir[t.beir["dataset"] == n].iterrows()} for n in t.grid.beir}
@@ -1071,7 +1161,7 @@ def csv_tables(t: Tables) -> dict[str, pd.DataFrame]:
     """The CSV outputs by file name; the sweep and BEIR ones only when configured."""
     head = t.head[["strategy", "dataset", *HEADLINE, *SECONDARY, "n_seeds", *(f"{m}_std" for m in HEADLINE)]]
     optional = {"alpha_sweep.csv": t.alpha, "data_size.csv": t.size, "domain_size.csv": t.domain,
-                "beir.csv": t.beir}
+                "beir.csv": t.beir, "recipes.csv": t.recipes}
     return {"headline.csv": head, **{name: table for name, table in optional.items() if len(table)}}
 
 
@@ -1093,7 +1183,7 @@ def build_report(inp: ReportInputs, out_dir: str | Path,
         md = title_md(t) + numbered([
             table1_md(t), table2_md(t), significance_md(t), per_language_md(t), heatmaps_md(t, figures),
             alpha_md(t, figures), data_size_md(t, figures), beir_md(t), domain_md(t, figures), fairness_md(t),
-            alignment_gap_md(t, figures), probe_md(t, figures), provenance_md(inp, prov, table)])
+            alignment_gap_md(t, figures), probe_md(t, figures), recipes_md(t), provenance_md(inp, prov, table)])
         summary = summary_json(t, prov)
         tmp["report.md"].write_text("\n".join(md) + "\n", encoding="utf-8")
         tmp["timings.md"].write_text("\n".join(timings_md(inp, t.grid, t.datasets)) + "\n", encoding="utf-8")
@@ -1148,7 +1238,7 @@ def input_digests(inp: ReportInputs, stage: Stage, read: Sequence[Path]) -> dict
 def provenance(inp: ReportInputs, grid: Grid, table: Sequence[Stage]) -> dict[str, Any]:
     """The values of the params the report stage of `table` declares and a sha256 per declared input."""
     stage = next(st for st in table if st.name == "report")
-    read = [p for p, _ in required_files(inp.results, grid, list(scored_datasets(inp.params)))]
+    read = [p for p, _ in required_files(inp.results, grid, list(scored_datasets(inp.params)), inp.models_dir)]
     return {"params": param_values(inp.params, stage.params), "inputs": input_digests(inp, stage, read)}
 
 

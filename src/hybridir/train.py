@@ -651,6 +651,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="base encoder directory (from `hybridir import-encoder`)")
     p.add_argument("--pairs", default="data/train/pairs.parquet")
     p.add_argument("--batches", required=True, help="batch table from `hybridir batches`")
+    p.add_argument("--recipe", default=None,
+                   help="use experiments.recipes.<RECIPE>'s train settings in place of train's (recipe study)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--seed", type=int, default=None, help="torch seed (default: the batch table's seed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
