@@ -87,12 +87,55 @@ def test_stage_writes_tables_without_evaluation_text(mirror: Path, repo: Path, t
 def test_dev_is_one_more_evaluated_dataset(repo: Path) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["experiments"]["dev"] = True
+    assert "arcd" in params["data"]["train_sources"]
     names = {s.name: s for s in stages(params)}
-    assert "data/dev/" in names["dev_data"].outs and "data/train/" in names["dev_data"].deps
+    assert set(names["dev_data"].outs) == {"data/dev/", "data/dev_qa/"} and "data/train/" in names["dev_data"].deps
+    assert "--qa-out data/dev_qa" in names["dev_data"].cmd
     for tag in ["zeroshot"] + [r.tag for r in runs(params)]:
-        assert "data/dev/" in names[f"encode_{tag.replace('-', '_')}_dev"].deps
-        assert f"results/e5-small/{tag}/dev/metrics.json" in names[f"evaluate_{tag.replace('-', '_')}_dev"].metrics
+        for ds in ("dev", "dev_qa"):
+            assert f"data/{ds}/" in names[f"encode_{tag.replace('-', '_')}_{ds}"].deps
+            assert f"results/e5-small/{tag}/{ds}/metrics.json" in names[f"evaluate_{tag.replace('-', '_')}_{ds}"].metrics
     assert f"results/e5-small/{runs(params)[0].tag}/dev/metrics.json" in names["report"].deps
+    # no ARCD among the training sources: no QA part
+    params["data"]["train_sources"] = ["ntrex", "tico19"]
+    names = {s.name: s for s in stages(params)}
+    assert names["dev_data"].outs == ("data/dev/",) and "--qa-out" not in names["dev_data"].cmd
+    assert not any(n.endswith("_dev_qa") for n in names)
     params["experiments"]["dev"] = False
     off = render_dvc_yaml(params)
     assert "dev_data" not in off and "/dev/" not in off
+
+
+def test_qa_part_is_held_out_arcd_against_every_sentence_of_its_paragraphs(mirror: Path, repo: Path,
+                                                                           tmp_path: Path) -> None:
+    """The QA dev part on the real ARCD file: held-out questions only; every sentence of their paragraphs
+    (and nothing else) as candidates, each question's relevant one being its pair's answer sentence;
+    written by the stage beside the parallel part, free of evaluation text; one mono cell when scored."""
+    data = yaml.safe_load((repo / "params.yaml").read_text())["data"] | {
+        "train_sources": ["ntrex", "arcd"], "train_langs": ["ar", "de", "en"], "max_groups_per_source": 300,
+        "valid_fraction": 0.2}
+    pairs, _ = traindata.build_pairs(mirror, data)
+    pairs.to_parquet(tmp_path / "pairs.parquet", index=False)
+    assert main(["dev-data", "--pairs", str(tmp_path / "pairs.parquet"), "--raw", str(mirror),
+                 "--out", str(tmp_path / "dev"), "--qa-out", str(tmp_path / "dev_qa")]) == 0
+    t = evaldata.EvalTables(*(pd.read_parquet(tmp_path / "dev_qa" / f"{n}.parquet")
+                              for n in ("queries", "candidates", "qrels")))
+    held = pairs[(pairs["source"] == "arcd") & (pairs["split"] == "valid")]
+    assert sorted(t.queries["qid"]) == sorted(held["group_id"]) and set(t.queries["lang"]) == {"ar"}
+    assert set(t.candidates["context_id"]) == set(held["doc_id"])
+    assert len(t.candidates) > held["passage"].nunique()   # the other sentences of the paragraphs too
+    rel = t.qrels.merge(t.candidates, on=["lang", "cid"]).set_index("qid")
+    assert dict(zip(held["group_id"], held["passage"].str.strip())) == rel["text"].to_dict()
+    assert set(rel["context_id"]) <= set(held["doc_id"])
+    trained = set(pairs.loc[pairs["split"] == "train", "doc_id"])
+    assert not set(t.candidates["context_id"]) & trained   # unseen paragraphs only
+    forbidden = traindata.eval_texts(mirror)
+    assert not any(traindata.overlaps(x, forbidden) for x in pd.concat([t.queries["text"], t.candidates["text"]]))
+    rng = np.random.default_rng(0)
+    emb = Embeddings(t.queries[["lang", "qid"]], rng.normal(size=(len(t.queries), 4)).astype(np.float32),
+                     t.candidates[["lang", "cid"]], rng.normal(size=(len(t.candidates), 4)).astype(np.float32), {})
+    summary = M.summarise(evaluate(load_eval_tables(tmp_path / "dev_qa"), emb), ["ar"])
+    assert summary["n_cells"] == {"mono": 1, "cross": 0} and summary["cr"] is None
+    # no held-out ARCD row: the stage says what to change and writes nothing
+    with pytest.raises(Exception, match="raise data.valid_fraction"):
+        devdata.qa_dev_tables(pairs[pairs["source"] != "arcd"], mirror)

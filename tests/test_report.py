@@ -64,6 +64,13 @@ def _dev(mirror: Path, repo: Path) -> evaldata.EvalTables:
     return devdata.dev_tables(traindata.build_pairs(mirror, data)[0])
 
 
+def _dev_qa(mirror: Path, repo: Path) -> evaldata.EvalTables:
+    """The QA dev part (devdata.qa_dev_tables) of a small real pairs table: held-out ARCD questions."""
+    data = yaml.safe_load((repo / "params.yaml").read_text())["data"] | {
+        "train_sources": ["arcd"], "train_langs": ["ar"], "max_groups_per_source": 300, "valid_fraction": 0.2}
+    return devdata.qa_dev_tables(traindata.build_pairs(mirror, data)[0], mirror)
+
+
 def synthetic_embeddings(tables: evaldata.EvalTables, system: str, seed: int) -> Embeddings:
     """Question meaning vectors shared across languages (fixed), language offsets (fixed), noise
     (per system and seed), scaled per system."""
@@ -124,8 +131,9 @@ def tree(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     main_tags = set(grid.main_tags())
     matrix_tags = set(grid.matrix_tags())
     domain_noise = {"d200": 100, "dall": 200}   # seed offsets: the domain runs differ from size 0
-    for ds, subset in (("xquad_r", _xquad(mirror)), ("mlqa_r", _mlqa(mirror)), ("dev", _dev(mirror, repo))):
-        tables_dir = root / "data" / ("dev" if ds == "dev" else f"eval/{ds}")
+    for ds, subset in (("xquad_r", _xquad(mirror)), ("mlqa_r", _mlqa(mirror)), ("dev", _dev(mirror, repo)),
+                       ("dev_qa", _dev_qa(mirror, repo))):
+        tables_dir = root / "data" / (ds if ds.startswith("dev") else f"eval/{ds}")
         evaldata.write_dataset(evaldata.EvalTables(*(df.reset_index(drop=True) for df in
                                                      (subset.queries, subset.candidates, subset.qrels))),
                                tables_dir)
@@ -143,7 +151,7 @@ def tree(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                 run.mkdir(parents=True)
                 summary = M.summarise(evaluate(tables, emb), langs)
                 (run / "metrics.json").write_text(json.dumps(summary))
-        for tag in grid.dev_only_tags() if ds == "dev" else []:   # the recipe study: dev alone
+        for tag in grid.dev_only_tags() if ds.startswith("dev") else []:   # the recipe study: dev alone
             run = results / tag / ds
             write_embeddings(synthetic_embeddings(subset, system_of(tag), int(tag.rsplit("-s", 1)[1])),
                              run / "embeddings")
@@ -529,3 +537,18 @@ def test_recipe_study_section(report: dict[str, Any], tree: dict[str, Any]) -> N
     assert pd.read_csv(report["out"] / "recipes.csv")["recipe"].tolist() == ["default", "distill", "bitext"]
     # the recipe runs are scored on the dev benchmark only
     assert not (results / "hybrid-rdistill-s0" / "xquad_r").exists()
+
+
+def test_qa_dev_part(report: dict[str, Any], tree: dict[str, Any]) -> None:
+    """The one-cell QA dev part: its own small table (Mo., R@1), summary.json entry and recipe column; the
+    main tables (Cr., Mul., significance) leave it out."""
+    md, summary, results = report["md"], report["summary"], tree["results"]
+    for system, tags in tree["grid"].systems.items():
+        values = [json.loads((results / t / "dev_qa" / "metrics.json").read_text())["mo"] for t in tags]
+        assert summary["dev_qa"][system]["mo"] == pytest.approx(np.mean(values))
+    assert "### dev QA (held-out ARCD questions, ar)" in md
+    assert "dev_qa" not in summary["headline"] and "dev_qa" not in summary["significance"]
+    qa = [json.loads((results / t / "dev_qa" / "metrics.json").read_text())["mo"]
+          for t in tree["grid"].recipes["distill"]]
+    assert summary["recipes"]["distill"]["qa_mo"] == pytest.approx(np.mean(qa))
+    assert "| QA Mo. |" in md

@@ -237,6 +237,15 @@ def model_tags(params: dict[str, Any]) -> list[str]:
 
 
 DEV = "dev"   # the dev benchmark's dataset name (devdata.py)
+DEV_QA = "dev_qa"   # its monolingual QA part (held-out ARCD questions), when arcd is a training source
+
+
+def dev_datasets(params: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The dev benchmark's datasets -> (stage output, tables directory); none when experiments.dev is off."""
+    if not params["experiments"]["dev"]:
+        return {}
+    qa = {DEV_QA: ("data/dev_qa/", "data/dev_qa")} if "arcd" in params["data"]["train_sources"] else {}
+    return {DEV: ("data/dev/", "data/dev")} | qa
 
 
 def scored_datasets(params: dict[str, Any], dev_only: bool = False) -> dict[str, tuple[str, str]]:
@@ -244,7 +253,7 @@ def scored_datasets(params: dict[str, Any], dev_only: bool = False) -> dict[str,
     directory): data.eval_datasets, then the dev benchmark when experiments.dev is on. `dev_only`: a
     run of the recipe study alone, scored on the dev benchmark only (recipes are chosen there, not on
     the evaluation sets)."""
-    dev = {DEV: ("data/dev/", "data/dev")} if params["experiments"]["dev"] else {}
+    dev = dev_datasets(params)
     if dev_only:
         return dev
     return {ds: ("data/eval/", f"data/eval/{ds}") for ds in params["data"]["eval_datasets"]} | dev
@@ -271,8 +280,9 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                       "data.max_groups_per_source", "data.context_sentences", "data.context_sides",
                       "data.seed")),
     ] + ([
-        Stage("dev_data", f"{EXECUTABLE} dev-data --pairs {pairs}pairs.parquet --raw data/raw --out data/dev",
-              deps=(pairs, "data/raw/"), outs=("data/dev/",)),
+        Stage("dev_data", f"{EXECUTABLE} dev-data --pairs {pairs}pairs.parquet --raw data/raw --out data/dev"
+              + (" --qa-out data/dev_qa" if DEV_QA in dev_datasets(params) else ""),
+              deps=(pairs, "data/raw/"), outs=tuple(out for out, _ in dev_datasets(params).values())),
     ] if params["experiments"]["dev"] else []) + [
         Stage("import_encoder", f"{EXECUTABLE} import-encoder {p} --out {base}",
               deps=(), outs=(base,), params=import_params),

@@ -47,9 +47,10 @@ import pandas as pd
 
 from .atomic import atomic_outputs
 from .errors import BadInput, MissingInput
-from .pipeline import DEV, Run, Stage, ident, make_run, num, param_values, recipe_runs, scored_datasets, stages
+from .pipeline import DEV, DEV_QA, Run, Stage, ident, make_run, num, param_values, recipe_runs, scored_datasets, stages
 
-DATASET_LABELS = {"xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R", DEV: "dev (held-out training documents)"}
+DATASET_LABELS = {"xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R", DEV: "dev (held-out training documents)",
+                  DEV_QA: "dev QA (held-out ARCD questions, ar)"}
 BEIR_LABELS = {"nfcorpus": "NFCorpus", "arguana": "ArguAna"}
 SYSTEM_LABELS = {"zeroshot": "zero-shot (base)", "xx_mono": "X-X-mono", "xy": "X-Y", "hybrid": "hybrid"}
 METRIC_LABELS = {"mo": "Mo.", "cr": "Cr.", "mul": "Mul.", "rank_distance": "rank distance",
@@ -172,8 +173,9 @@ def required_files(results: Path, grid: Grid, datasets: Sequence[str],
     for the recipe study's validation losses)."""
     needed: list[tuple[Path, str]] = []
     for tag in grid.dev_only_tags():
-        how = f"stage {ident('evaluate', tag, DEV)} (`hybridir evaluate`)"
-        needed += [(results / tag / DEV / "metrics.json", how), (results / tag / DEV / "eval" / "per_query.parquet", how)]
+        for ds in [d for d in datasets if d in (DEV, DEV_QA)]:
+            how = f"stage {ident('evaluate', tag, ds)} (`hybridir evaluate`)"
+            needed += [(results / tag / ds / "metrics.json", how), (results / tag / ds / "eval" / "per_query.parquet", how)]
     if grid.recipes and models is None:
         raise BadInput("the recipe study (experiments.recipes) needs the trained models' loss.csv: pass --models")
     for tag in grid.recipe_tags():
@@ -225,8 +227,9 @@ def load_results(results: str | Path, grid: Grid, datasets: Sequence[str], model
         if grid.probe:
             out.probe[tag] = _read_json(results / tag / "probe.json")
     for tag in grid.dev_only_tags():
-        out.metrics[tag, DEV] = _read_json(results / tag / DEV / "metrics.json")
-        out.per_query[tag, DEV] = pd.read_parquet(results / tag / DEV / "eval" / "per_query.parquet")[columns]
+        for ds in [d for d in datasets if d in (DEV, DEV_QA)]:
+            out.metrics[tag, ds] = _read_json(results / tag / ds / "metrics.json")
+            out.per_query[tag, ds] = pd.read_parquet(results / tag / ds / "eval" / "per_query.parquet")[columns]
     for tag in grid.recipe_tags():
         # loss.csv, not train_summary.json: the same bytes for the same run (no timings)
         out.valid_loss[tag] = float(pd.read_csv(models / tag / "loss.csv")["valid_loss"].min())
@@ -313,9 +316,11 @@ def recipe_table(res: Results, grid: Grid, params: dict[str, Any], *, n_permutat
         mean3, mean3_std = seed_stats([np.mean([_value(res.metrics[t, DEV][k]) for k in ("mo", "cr", "mul")])
                                        for t in tags])
         loss, loss_std = seed_stats([res.valid_loss[t] for t in tags])
+        qa = seed_stats([_value(res.metrics[t, DEV_QA]["mo"]) for t in tags if (t, DEV_QA) in res.metrics])
         rows.append({"recipe": name, "settings": "" if name == "default" else
                      ", ".join(f"{k}={v}" for k, v in recipes[name].items()),
-                     **m, "mean3": mean3, "mean3_std": mean3_std, "valid_loss": loss, "valid_loss_std": loss_std})
+                     **m, "mean3": mean3, "mean3_std": mean3_std, "qa_mo": qa[0], "qa_mo_std": qa[1],
+                     "valid_loss": loss, "valid_loss_std": loss_std})
     table = pd.DataFrame(rows)
     others = [name for name in grid.recipes if name != "default"]
     for metric in ("mo", "cr", "mul"):
@@ -645,7 +650,12 @@ class Tables:
 
     @property
     def datasets(self) -> list[str]:
-        return list(scored_datasets(self.params))
+        """The datasets of the main tables: every scored one but the one-cell QA dev part (qa_md)."""
+        return [d for d in scored_datasets(self.params) if d != DEV_QA]
+
+    @property
+    def qa(self) -> bool:
+        return DEV_QA in scored_datasets(self.params)
 
     @property
     def train_langs(self) -> list[str]:
@@ -664,9 +674,10 @@ class Tables:
 
 def build_tables(inp: ReportInputs, log: Callable[[str], None]) -> Tables:
     params = inp.params
-    datasets = list(scored_datasets(params))
+    scored = list(scored_datasets(params))
+    datasets = [d for d in scored if d != DEV_QA]
     grid = experiment_grid(params)
-    res = load_results(inp.results, grid, datasets, inp.models_dir)
+    res = load_results(inp.results, grid, scored, inp.models_dir)
     log(f"report: significance tests ({inp.n_permutations} permutations)")
     return Tables(
         params, grid, res, head=headline_table(res, grid, datasets),
@@ -738,7 +749,21 @@ def table1_md(t: Tables) -> list[str]:
         md += md_table(["batches", "Mo.", "Cr.", "Mul.",
                         *(f"paper {enc} Mo. / Cr. / Mul." for enc in PAPER_TABLE1)], rows)
         md.append("")
-    return md + [f"Paper columns: {PAPER}, Table 1 (different encoders and training data; see above).", ""]
+    md += [f"Paper columns: {PAPER}, Table 1 (different encoders and training data; see above).", ""]
+    return md + qa_md(t)
+
+
+def qa_md(t: Tables) -> list[str]:
+    """The QA dev part: one monolingual cell (ar → ar), so Mo. and R@1 only; nothing when not scored."""
+    if not t.qa:
+        return []
+    rows = [[t.labels[system]] + [fmt(*seed_stats([_value(t.res.metrics[tag, DEV_QA][m]) for tag in tags]))
+                                  for m in ("mo", "r1_mono")]
+            for system, tags in t.grid.systems.items()]
+    return [f"### {dataset_label(DEV_QA)}", "",
+            "Monolingual QA retrieval on unseen paragraphs: each held-out ARCD question against every sentence "
+            "of the held-out paragraphs (dev benchmark, stage dev_data; one cell, so no Cr. / Mul.).", ""] + \
+        md_table(["batches", "Mo.", "R@1"], rows) + [""]
 
 
 def table2_md(t: Tables) -> list[str]:
@@ -926,23 +951,26 @@ def recipes_md(t: Tables) -> list[str]:
     md = ["## Recipe study (dev benchmark)", "",
           f"Hybrid runs with other train settings (experiments.recipes), scored on the dev benchmark only; "
           f"seeds {', '.join(map(str, seeds))} (mean ± sd over seeds where several). *default* = the train "
-          "section of the params. Mean = mean of Mo., Cr. and Mul.; valid loss = the selected checkpoint's "
+          "section of the params. Mean = mean of Mo., Cr. and Mul.; QA Mo. = the QA dev part (held-out ARCD "
+          "questions, section 1); valid loss = the selected checkpoint's "
           "validation InfoNCE (not comparable across recipes that change train.scale). Δ = recipe − default "
           f"with p from the paired randomization test above (question units, {t.n_permutations:,} "
           "permutations, Holm over the recipes per metric). Choose the default on this table, then score "
           "it once on the evaluation sets.", ""]
-    best = {m: _best(t.recipes[m].tolist(), m) for m in ("mo", "cr", "mul", "rank_distance", "mean3")}
+    best = {m: _best(t.recipes[m].tolist(), m) for m in ("mo", "cr", "mul", "rank_distance", "mean3", "qa_mo")}
     rows = []
     for _, r in t.recipes.iterrows():
         cells = [r["recipe"], f"`{r['settings']}`" if r["settings"] else "–"]
         cells += [_bold_if(fmt(r[m], r[f"{m}_std"], _digits(m)), r[m], best[m])
                   for m in ("mo", "cr", "mul", "mean3", "rank_distance")]
+        if t.qa:
+            cells.append(_bold_if(fmt(r["qa_mo"], r["qa_mo_std"]), r["qa_mo"], best["qa_mo"]))
         cells.append(fmt(r["valid_loss"], r["valid_loss_std"]))
         cells += ["–" if r["recipe"] == "default" else f"{r[f'{m}_diff']:+.3f} ({_p_text(r[f'{m}_p_holm'], t.n_permutations)})"
                   for m in ("mo", "cr", "mul")]
         rows.append(cells)
-    md += md_table(["recipe", "settings", "Mo.", "Cr.", "Mul.", "mean", "rank distance", "valid loss",
-                    "Mo. Δ (p)", "Cr. Δ (p)", "Mul. Δ (p)"], rows)
+    md += md_table(["recipe", "settings", "Mo.", "Cr.", "Mul.", "mean", "rank distance"]
+                   + (["QA Mo."] if t.qa else []) + ["valid loss", "Mo. Δ (p)", "Cr. Δ (p)", "Mul. Δ (p)"], rows)
     return md + [""]
 
 
@@ -1148,6 +1176,9 @@ def summary_json(t: Tables, prov: dict[str, Any]) -> dict[str, Any]:
                                            for _, r in g.iterrows()}
                                        for s, g in t.domain[t.domain["dataset"] == ds].groupby("strategy", sort=False)}
                                   for ds in datasets}
+    if t.qa:
+        summary[DEV_QA] = {s: aggregate([t.res.metrics[tag, DEV_QA] for tag in tags], ("mo", "r1_mono"))
+                           for s, tags in t.grid.systems.items()}
     if len(t.recipes):
         summary["recipes"] = {r["recipe"]: _json_ready({k: v for k, v in r.items() if k != "recipe"})
                               for _, r in t.recipes.iterrows()}

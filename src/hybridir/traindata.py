@@ -215,14 +215,25 @@ _SENTENCE_GAP = re.compile(r"(?<=[.!?؟])\s+")
 _ARCD_QUESTION_JUNK = (re.compile(r"^[\s\-–]+"), re.compile(r"\s+ال\s*$"))
 
 
+def sentence_spans(context: str) -> tuple[list[int], list[int]]:
+    """(starts, ends) of the sentences of an ARCD paragraph: split after . ! ? ؟ and white space."""
+    ends = [m.start() for m in _SENTENCE_GAP.finditer(context)] + [len(context)]
+    starts = [0] + [m.end() for m in _SENTENCE_GAP.finditer(context)]
+    return starts, ends
+
+
+def arcd_doc_id(p_index: int) -> str:
+    """The document id of the ARCD paragraph at this position of arcd.json (pairs use "arcd:" + it)."""
+    return f"p{p_index:04d}"
+
+
 def arcd_pairs(raw_dir: Path, registry: list[Source]) -> tuple[list[dict[str, str]], int]:
     """ARCD (question, answer sentence) items; returns the items and how many questions were skipped."""
     path = local_path(raw_dir, find(registry, "/arcd.json"))
     items, skipped = [], 0
     for p_index, para in enumerate(read_squad_json(path)):
         context = para["context"]
-        ends = [m.start() for m in _SENTENCE_GAP.finditer(context)] + [len(context)]
-        starts = [0] + [m.end() for m in _SENTENCE_GAP.finditer(context)]
+        starts, ends = sentence_spans(context)
         for qa in para["qas"]:
             answer = qa["answers"][0]
             start = int(answer["answer_start"])
@@ -236,7 +247,7 @@ def arcd_pairs(raw_dir: Path, registry: list[Source]) -> tuple[list[dict[str, st
                 skipped += 1
                 continue
             index = next(i for i, end in enumerate(ends) if start < end)
-            items.append({"doc_id": f"p{p_index:04d}", "unit_id": str(qa["id"]), "query": question,
+            items.append({"doc_id": arcd_doc_id(p_index), "unit_id": str(qa["id"]), "query": question,
                           "passage": clean(context[starts[index]:ends[index]])})
     return items, skipped
 
