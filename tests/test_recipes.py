@@ -57,10 +57,10 @@ def test_stage_table_of_a_recipe_study(repo: Path) -> None:
             assert f"--recipe {name}" in table[f"train_hybrid_r{name}_s{seed}"].cmd
             assert f"--recipe {name}" in table[f"batches_hybrid_r{name}_s{seed}"].cmd
             scored = {n for n in table if n.startswith(f"evaluate_hybrid_r{name}_s{seed}_")}
-            assert scored == {f"evaluate_hybrid_r{name}_s{seed}_dev"}, tag   # dev only
+            assert scored == {f"evaluate_hybrid_r{name}_s{seed}_dev", f"evaluate_hybrid_r{name}_s{seed}_dev_qa"}, tag
     assert not any("rsame" in n for n in table)
     # the default at seed 1 is outside the main grid: trained for the comparison, scored on dev only
-    assert {n for n in table if n.startswith("evaluate_hybrid_s1")} == {"evaluate_hybrid_s1_dev"}
+    assert {n for n in table if n.startswith("evaluate_hybrid_s1")} == {"evaluate_hybrid_s1_dev", "evaluate_hybrid_s1_dev_qa"}
     assert "probe_hybrid_s1" not in table and "probe_hybrid_s0" in table
     # declared params: a recipe's key in place of train's
     train = table["train_hybrid_rbitext_s0"].params
