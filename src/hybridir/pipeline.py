@@ -378,7 +378,9 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
         metrics=("reports/summary.json",), uncached=("reports/timings.md",),
         # Its title and provenance describe the run (data, encoder, steps) and list the stage commands;
         # the recipe study's tags depend on whether a recipe's settings equal train's (make_run).
-        params=tuple(dict.fromkeys(tuple(k for key in exp for k in leaf_keys(params, f"experiments.{key}")) + (
+        # (recipe_seeds only with recipes: recipe_runs reads it then)
+        params=tuple(dict.fromkeys(tuple(k for key in exp if key != "recipe_seeds" or exp["recipes"]
+                                         for k in leaf_keys(params, f"experiments.{key}")) + (
             "data.eval_datasets", "data.eval_langs", "data.eval_max_queries_per_lang", "data.eval_pool",
             "data.train_langs", "data.train_sources", "encoder.name", "encoder.source", "train.alpha",
             "train.batch_size", "train.steps") + tuple(
