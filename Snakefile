@@ -1,11 +1,11 @@
-# hybridir workflow. The rules are generated from the stage table in src/hybridir/pipeline.py,
+# hybridir workflow. The rules are generated from the stage table in src/hybridir/pipeline/stages.py,
 # the same table `hybridir dvc-yaml` writes as dvc.yaml, so Snakemake and DVC run one DAG.
 #   snakemake --cores 2                                   # default pipeline (params.yaml)
 #   snakemake --cores 2 --configfile config/smoke.yaml    # minutes-long smoke run
 #   snakemake --profile profiles/slurm --configfile config/paper.yaml   # on a Slurm cluster (README)
 # Each job's threads, memory, time and GPUs come from the params file's resources section.
-from hybridir.config import load_params, validate
-from hybridir.pipeline import param_values, record_dvc_lock, stages
+from hybridir.pipeline.config import load_params, validate
+from hybridir.pipeline.stages import param_values, record_dvc_lock, stages
 
 configfile: "params.yaml"
 

@@ -8,7 +8,7 @@ encodes the candidate sentences while the others sleep, so all variants see the 
 drift in load spreads over all of them. Printed per variant: median texts/s over the rounds (wall
 clock), texts per CPU-second of the worker, the speed-up over the plain loop, the one-off setup, and
 agreement with the fp32 reference: min cosine and Mo / Cr / Mul mAP deltas from the project's own
-evaluation (hybridir.evaluate + hybridir.metrics).
+evaluation (hybridir.evaluate.scoring + hybridir.evaluate.metrics).
 
 Variants:
   fp32-loop        PyTorch fp32, batches in input order (the plain transformers loop)
@@ -65,8 +65,8 @@ def project_encoder(variant: str, model_dir: str, batch_size: int, max_length: i
                     ) -> Callable[[list[str], str], np.ndarray]:
     import torch
 
-    from hybridir.encoder_dir import load_encoder, read_settings
-    from hybridir.modeling import encode_with, onnx_runner, openvino_runner, torch_runner
+    from hybridir.model.encoder_dir import load_encoder, read_settings
+    from hybridir.model.modeling import encode_with, onnx_runner, openvino_runner, torch_runner
 
     tokenizer, model = load_encoder(model_dir)
     pooling = read_settings(model_dir)["pooling"]
@@ -171,9 +171,9 @@ def worker(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- driver side
 
 def retrieval_scores(tables, q: np.ndarray, c: np.ndarray) -> dict[str, float]:
-    from hybridir.encode import Embeddings
-    from hybridir.evaluate import evaluate
-    from hybridir.metrics import summarise
+    from hybridir.evaluate.encode import Embeddings
+    from hybridir.evaluate.scoring import evaluate
+    from hybridir.evaluate.metrics import summarise
 
     emb = Embeddings(tables.queries[["lang", "qid"]].astype(str).reset_index(drop=True), q,
                      tables.candidates[["lang", "cid"]].astype(str).reset_index(drop=True), c, {})
@@ -251,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(args)
 
-    from hybridir.encoder_dir import read_settings
-    from hybridir.evaldata import build_dataset
-    from hybridir.fetch import resolve_mirror
-    from hybridir.modeling import encode_placement
+    from hybridir.model.encoder_dir import read_settings
+    from hybridir.data.evaldata import build_dataset
+    from hybridir.data.fetch import resolve_mirror
+    from hybridir.model.modeling import encode_placement
 
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))

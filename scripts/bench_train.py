@@ -31,10 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from hybridir.batches import build_batches, read_pairs  # noqa: E402
-from hybridir.config import load_params  # noqa: E402
-from hybridir.encoder_dir import load_encoder, read_settings  # noqa: E402
-from hybridir.train import (Texts, TrainConfig, batch_loss, iter_batches, make_optimizer,  # noqa: E402
+from hybridir.data.batches import build_batches, read_pairs  # noqa: E402
+from hybridir.pipeline.config import load_params  # noqa: E402
+from hybridir.model.encoder_dir import load_encoder, read_settings  # noqa: E402
+from hybridir.train.trainer import (Texts, TrainConfig, batch_loss, iter_batches, make_optimizer,  # noqa: E402
                             peak_memory_mb, validation_loss, validation_table)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hybridir.sources import find, load_registry
+from hybridir.data.sources import find, load_registry
 
 NTREX_LANGS = {"en": "src.eng", "ar": "ref.arb", "de": "ref.deu", "es": "ref.spa", "hi": "ref.hin",
                "ru": "ref.rus", "th": "ref.tha", "tr": "ref.tur", "zh": "ref.zho-CN"}

@@ -14,8 +14,8 @@ from typing import Iterator
 
 import pytest
 
-from hybridir.fetch import sha256_of
-from hybridir.sources import find, load_registry, local_path
+from hybridir.data.fetch import sha256_of
+from hybridir.data.sources import find, load_registry, local_path
 
 pytest.register_assert_rewrite("pipeline_helpers")
 from pipeline_helpers import (BIN, Workdir, dvc, git_init, make_workdir, require_mirror, sh,  # noqa: E402

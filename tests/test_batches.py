@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from hybridir.batches import EpochQueue, build_batches, keep_group_fraction, read_batches
+from hybridir.data.batches import EpochQueue, build_batches, keep_group_fraction, read_batches
 from hybridir.cli import main
 
 from pairs_fixture import build_pairs
@@ -23,11 +23,11 @@ BATCH = 16
 @pytest.fixture(scope="module")
 def pairs(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """The real pairs table from the train-data stage (capped for speed); the mirror fixture without it."""
-    if importlib.util.find_spec("hybridir.traindata") is None:
+    if importlib.util.find_spec("hybridir.data.traindata") is None:
         return build_pairs(mirror)
-    from hybridir import traindata
-    from hybridir.fetch import fetch_all
-    from hybridir.sources import load_registry
+    from hybridir.data import traindata
+    from hybridir.data.fetch import fetch_all
+    from hybridir.data.sources import load_registry
 
     raw = tmp_path_factory.mktemp("raw")
     fetch_all(load_registry(), raw, mirror)

@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from hybridir.beir import (BeirData, beir_zip, evaluate_embeddings, read_beir, retrieve, score_run,
+from hybridir.evaluate.beir import (BeirData, beir_zip, evaluate_embeddings, read_beir, retrieve, score_run,
                            subsample)
 from hybridir.cli import main
-from hybridir.sources import find, load_registry
+from hybridir.data.sources import find, load_registry
 from tiny_encoder import SPEC, make_tiny_encoder
 
 
@@ -135,8 +135,8 @@ def stage(mirror: Path, repo: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.mark.parametrize("name", ["nfcorpus", "arguana"])
 def test_beir_stage_matches_a_from_scratch_computation(stage: dict[str, Path], name: str) -> None:
-    from hybridir.encoder_dir import load_encoder
-    from hybridir.modeling import encode_texts
+    from hybridir.model.encoder_dir import load_encoder
+    from hybridir.model.modeling import encode_texts
 
     out = stage["root"] / "results" / "tiny" / "zeroshot" / "beir" / f"{name}.json"
     assert main(["beir", "--params", str(stage["params"]), "--raw", str(stage["raw"]),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridir import batches
+from hybridir.data import batches
 from hybridir.cli import main
 
 
@@ -40,7 +40,7 @@ def test_user_errors_are_one_line_and_exit_2(repo: Path, tmp_path: Path) -> None
 
 
 def test_unexpected_errors_keep_their_traceback(repo: Path, tmp_path: Path) -> None:
-    patch = "import hybridir.batches as b\ndef bug(path):\n    raise KeyError('bug')\nb.read_pairs = bug"
+    patch = "import hybridir.data.batches as b\ndef bug(path):\n    raise KeyError('bug')\nb.read_pairs = bug"
     proc = hybridir(*batches_argv(repo / "params.yaml", tmp_path / "p.parquet", tmp_path / "b.parquet"), patch=patch)
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr and "KeyError: 'bug'" in proc.stderr, proc.stderr

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hybridir import cli
-from hybridir.config import ConfigError, load_params, validate
+from hybridir.pipeline.config import ConfigError, load_params, validate
 
 pytest.register_assert_rewrite("pipeline_helpers")
 from pipeline_helpers import (OUTPUT_ROOTS, REPO, Workdir, make_workdir, require_mirror,  # noqa: E402

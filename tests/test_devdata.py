@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from hybridir import devdata, evaldata, traindata
-from hybridir import metrics as M
+from hybridir.data import devdata, evaldata, traindata
+from hybridir.evaluate import metrics as M
 from hybridir.cli import main
-from hybridir.encode import Embeddings
+from hybridir.evaluate.encode import Embeddings
 from hybridir.errors import CannotRun
-from hybridir.evaluate import check_tables, evaluate, load_eval_tables
-from hybridir.pipeline import render_dvc_yaml, runs, stages
+from hybridir.evaluate.scoring import check_tables, evaluate, load_eval_tables
+from hybridir.pipeline.stages import render_dvc_yaml, runs, stages
 
 
 def _pairs() -> pd.DataFrame:

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from hybridir.batches import DOMAIN_SOURCE, build_batches, keep_domain_queries, read_batches
-from hybridir.beir import beir_zip, read_beir
+from hybridir.data.batches import DOMAIN_SOURCE, build_batches, keep_domain_queries, read_batches
+from hybridir.evaluate.beir import beir_zip, read_beir
 from hybridir.cli import TRACE_ENV, main
-from hybridir.domain import passage_of
-from hybridir.pipeline import stages
-from hybridir.traindata import norm
+from hybridir.data.domain import passage_of
+from hybridir.pipeline.stages import stages
+from hybridir.data.traindata import norm
 
 from pairs_fixture import build_pairs
 from pipeline_helpers import smoke_params

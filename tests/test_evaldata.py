@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from hybridir import cli, evaldata
-from hybridir.sources import find, load_registry
+from hybridir import cli
+
+from hybridir.data import evaldata
+from hybridir.data.sources import find, load_registry
 
 REPO = Path(__file__).resolve().parents[1]
 

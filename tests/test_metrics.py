@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hybridir import metrics as M
-from hybridir.search import make_pool, relevant_ranks
+from hybridir.evaluate import metrics as M
+from hybridir.evaluate.search import make_pool, relevant_ranks
 
 NAN = math.nan
 

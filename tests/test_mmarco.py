@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from hybridir.batches import build_batches
-from hybridir.mmarco import TRIPLES, collection_file, mmarco_pairs, queries_file
+from hybridir.data.batches import build_batches
+from hybridir.data.mmarco import TRIPLES, collection_file, mmarco_pairs, queries_file
 
 TRIPLE_ROWS = ["10\t100\t900", "10\t101\t901", "11\t102\t902", "12\t103\t903", "13\t104\t904", "14\t105\t905"]
 QUERIES = {
@@ -76,7 +76,7 @@ def test_unknown_language(root: Path) -> None:
 def test_paper_profile_matches_params_schema(repo: Path) -> None:
     import yaml
 
-    from hybridir.config import ConfigError, validate
+    from hybridir.pipeline.config import ConfigError, validate
 
     paper = yaml.safe_load((repo / "config" / "paper.yaml").read_text(encoding="utf-8"))
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))

@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from hybridir.cli import main
-from hybridir.encoder_dir import load_encoder, read_settings
-from hybridir.modeling import encode_texts
+from hybridir.model.encoder_dir import load_encoder, read_settings
+from hybridir.model.modeling import encode_texts
 
 from pairs_fixture import build_pairs
 from test_encoder_import import eval_texts, imported_e5

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hybridir.encoder_dir import load_encoder, pool, read_settings
-from hybridir.modeling import encode_texts, encode_with, length_buckets, smooth_for_int8, torch_runner
+from hybridir.model.encoder_dir import load_encoder, pool, read_settings
+from hybridir.model.modeling import encode_texts, encode_with, length_buckets, smooth_for_int8, torch_runner
 from test_encoder_import import eval_texts, imported_e5
 
 
@@ -118,7 +118,7 @@ def test_missing_files_are_named_with_the_fix(e5, tmp_path: Path) -> None:
 
 
 def test_auto_precision_is_bf16_where_native_and_int8_on_other_cpus() -> None:
-    from hybridir.modeling import resolve_precision
+    from hybridir.model.modeling import resolve_precision
 
     assert resolve_precision("auto", cuda=True, cpu_bf16=False) == "bf16"
     assert resolve_precision("auto", cuda=False, cpu_bf16=True) == "bf16"

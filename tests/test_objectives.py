@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
-from hybridir.batches import build_batches
-from hybridir.config import Params
+from hybridir.data.batches import build_batches
+from hybridir.pipeline.config import Params
 from hybridir.errors import BadInput
-from hybridir.objectives import distill_loss, frozen_teacher
-from hybridir.train import Texts, TrainConfig, batch_loss, embed, iter_batches, train_loop
+from hybridir.train.objectives import distill_loss, frozen_teacher
+from hybridir.train.trainer import Texts, TrainConfig, batch_loss, embed, iter_batches, train_loop
 
 from test_train import BATCH, cfg, files, load_tiny, pairs  # noqa: F401  (fixtures)
 from tiny_encoder import SPEC
@@ -122,7 +122,7 @@ def test_freezing_more_layers_than_the_model_has_is_an_error(files: dict[str, Pa
 def test_bitext_batch_loss_ranks_translations_of_the_query_texts(files: dict[str, Path], pairs: pd.DataFrame) -> None:
     """A bitext batch (batches.py, train.bitext_share) is InfoNCE between each sentence and the
     translations in the batch: both sides the rows' query texts, query prefix and query length."""
-    from hybridir.train import info_nce
+    from hybridir.train.trainer import info_nce
 
     tokenizer, model = load_tiny(files["base"])
     model = model.double().eval()

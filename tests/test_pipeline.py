@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from hybridir.config import load_params
-from hybridir.pipeline import code_deps, render_dvc_yaml, runs, stages
+from hybridir.pipeline.config import load_params
+from hybridir.pipeline.stages import code_deps, render_dvc_yaml, runs, stages
 
 BIN = Path(sys.executable).parent
 
@@ -98,16 +98,17 @@ def test_code_deps_follow_every_kind_of_import(tmp_path: Path) -> None:
 def test_stage_code_deps_include_what_was_missing_by_hand(repo: Path) -> None:
     """The hand-written lists lacked these (issue 10); derived from the imports they cannot."""
     table = {s.name: _names(s.deps) for s in stages(load_params(repo / "config" / "smoke.yaml"))}
-    assert {"batches.py", "encoder_dir.py", "config.py", "atomic.py"} <= table["train_hybrid_s0"]
+    assert {"data/batches.py", "model/encoder_dir.py", "pipeline/config.py", "atomic.py"} <= table["train_hybrid_s0"]
     # How texts are encoded fast (modeling.py) is not the model format: it re-runs encodes only.
-    assert "modeling.py" not in table["train_hybrid_s0"] and "modeling.py" not in table["import_encoder"]
-    assert {"encode.py", "search.py", "metrics.py"} <= table["evaluate_hybrid_s0_xquad_r"]
-    assert {"pipeline.py", "metrics.py", "significance.py"} <= table["report"]
-    assert {"sources.py", "mmarco.py", "sources.tsv", "evaldata.py"} <= table["train_data"]
-    assert "modeling.py" not in table["batches_hybrid_s0"] and "train.py" not in table["encode_zeroshot_xquad_r"]
+    assert "model/modeling.py" not in table["train_hybrid_s0"] and "model/modeling.py" not in table["import_encoder"]
+    assert {"evaluate/encode.py", "evaluate/search.py", "evaluate/metrics.py"} <= table["evaluate_hybrid_s0_xquad_r"]
+    assert {"pipeline/stages.py", "evaluate/metrics.py", "evaluate/significance.py"} <= table["report"]
+    assert {"data/sources.py", "data/mmarco.py", "data/sources.tsv", "data/evaldata.py"} <= table["train_data"]
+    assert "model/modeling.py" not in table["batches_hybrid_s0"]
+    assert "train/trainer.py" not in table["encode_zeroshot_xquad_r"]
     for name, deps in table.items():
         assert {"cli.py", "__init__.py"} <= deps, name
-        assert "pipeline.py" not in deps or name == "report", f"{name}: the stage table is not its code"
+        assert "pipeline/stages.py" not in deps or name == "report", f"{name}: the stage table is not its code"
 
 
 def test_settings_reach_only_the_stages_that_use_them(repo: Path) -> None:

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from hybridir import probe
+from hybridir.evaluate import probe
 from hybridir.cli import main
-from hybridir.pipeline import stages
+from hybridir.pipeline.stages import stages
 
 from pairs_fixture import build_pairs
 from tiny_encoder import make_tiny_encoder
@@ -88,4 +88,4 @@ def test_probe_command_on_a_tiny_encoder(mirror: Path, repo: Path, tmp_path: Pat
     loaded = {f"src/{m.replace('.', '/')}.py" if (src / f"{m.replace('.', '/')}.py").is_file()
               else f"src/{m.replace('.', '/')}/__init__.py" for m in record["modules"]}
     assert loaded == {d for d in stage.deps if d.endswith(".py")}
-    assert "src/hybridir/probe.py" in stage.deps
+    assert "src/hybridir/evaluate/probe.py" in stage.deps

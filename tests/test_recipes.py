@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from hybridir.batches import read_batches
+from hybridir.data.batches import read_batches
 from hybridir.cli import TRACE_ENV, main
-from hybridir.config import ConfigError, Params, validate, with_recipe
-from hybridir.pipeline import stages
+from hybridir.pipeline.config import ConfigError, Params, validate, with_recipe
+from hybridir.pipeline.stages import stages
 
 from test_train import BATCH, files, pairs, write_params  # noqa: F401  (fixtures)
 

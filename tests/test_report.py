@@ -21,13 +21,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from hybridir import devdata, evaldata, traindata
-from hybridir import metrics as M
+from hybridir.data import devdata, evaldata, traindata
+from hybridir.evaluate import metrics as M
 from hybridir.cli import main
-from hybridir.encode import Embeddings, write_embeddings
-from hybridir.evaluate import evaluate, load_eval_tables, run_evaluation
-from hybridir.pipeline import dvc_yaml, model_tags, stages
-from hybridir.report import PAPER_TABLE1, ReportInputs, build_report, experiment_grid, provenance, report_stage
+from hybridir.evaluate.encode import Embeddings, write_embeddings
+from hybridir.evaluate.scoring import evaluate, load_eval_tables, run_evaluation
+from hybridir.pipeline.stages import dvc_yaml, model_tags, stages
+from hybridir.report.build import PAPER_TABLE1, ReportInputs, build_report, experiment_grid, provenance, report_stage
 
 DIM = 48
 NOISE_SCALE = {"xquad": 1.0, "mlqa": 2.5}   # the MLQA-R subset is easier (fewer questions per context)
@@ -480,7 +480,7 @@ def test_provenance_follows_declared_inputs_only(tree: dict[str, Any], tmp_path:
     assert set(before["params"]) == set(report_stage(tree["params"], "params.yaml").params)
     assert {"experiments.seeds", "data.train_langs"} <= set(before["params"])
     assert "results/e5-small/xy-s0/xquad_r/metrics.json" in before["inputs"]
-    assert "src/hybridir/report.py" in before["inputs"]
+    assert "src/hybridir/report/build.py" in before["inputs"]
     # An edit to a key the stage does not declare re-runs nothing and changes nothing here.
     other = {**tree["params"], "evaluate": {**tree["params"]["evaluate"], "top_k": 7}}
     assert provenance(tree_inputs(tree, 100, evaluate=other["evaluate"]), tree["grid"], stages(other)) == before

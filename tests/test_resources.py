@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybridir.config import load_params
-from hybridir.pipeline import stages
+from hybridir.pipeline.config import load_params
+from hybridir.pipeline.stages import stages
 
 BIN = Path(sys.executable).parent
 

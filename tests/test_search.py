@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from hybridir.search import make_pool, normalise, relevant_ranks, search, top_k
+from hybridir.evaluate.search import make_pool, normalise, relevant_ranks, search, top_k
 
 
 def _vectors(n: int, dim: int = 32, seed: int = 0, duplicates: int = 0) -> np.ndarray:

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hybridir import metrics as M
-from hybridir.significance import (compare_systems, holm, per_query_ap, randomization_test,
+from hybridir.evaluate import metrics as M
+from hybridir.evaluate.significance import (compare_systems, holm, per_query_ap, randomization_test,
                                    sign_flip_p_value)
 
 

@@ -20,7 +20,7 @@ from pipeline_helpers import (SnakemakeRun, git_init, make_workdir, require_mirr
                               smoke_params, snakemake, snakemake_plan)
 from slurm_cluster import Cluster, local_slurm  # noqa: E402
 
-from hybridir.pipeline import stages  # noqa: E402
+from hybridir.pipeline.stages import stages  # noqa: E402
 
 pytest_plugins = ["pipeline_helpers"]
 pytestmark = pytest.mark.slow

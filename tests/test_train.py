@@ -15,10 +15,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from hybridir.batches import build_batches
+from hybridir.data.batches import build_batches
 from hybridir.cli import main
-from hybridir.encoder_dir import read_settings
-from hybridir.train import (Batch, Dist, Texts, TrainConfig, batch_loss, info_nce, iter_batches, lr_factor,
+from hybridir.model.encoder_dir import read_settings
+from hybridir.train.trainer import (Batch, Dist, Texts, TrainConfig, batch_loss, info_nce, iter_batches, lr_factor,
                             train_loop)
 
 from pairs_fixture import build_pairs
@@ -75,7 +75,7 @@ def cfg(**kw: object) -> TrainConfig:
 
 
 def load_tiny(base: Path):
-    from hybridir.encoder_dir import load_encoder
+    from hybridir.model.encoder_dir import load_encoder
     return load_encoder(base)
 
 

@@ -16,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from hybridir.cli import main
-from hybridir.encoder_dir import load_encoder, save_encoder
+from hybridir.model.encoder_dir import load_encoder, save_encoder
 
 from pairs_fixture import build_pairs
 from tiny_encoder import SPEC, make_tiny_encoder

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from hybridir.batches import build_batches
-from hybridir.train import Texts, TrainConfig, batch_loss, iter_batches, make_optimizer, validation_loss
-from hybridir.unpadded import packed_hidden_states, supports
+from hybridir.data.batches import build_batches
+from hybridir.train.trainer import Texts, TrainConfig, batch_loss, iter_batches, make_optimizer, validation_loss
+from hybridir.model.unpadded import packed_hidden_states, supports
 
 from pairs_fixture import build_pairs
 from tiny_encoder import SPEC, make_tiny_encoder

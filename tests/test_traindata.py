@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from hybridir import cli, traindata
-from hybridir.config import ConfigError, validate
-from hybridir.sources import load_registry
+from hybridir import cli
+
+from hybridir.data import traindata
+from hybridir.pipeline.config import ConfigError, validate
+from hybridir.data.sources import load_registry
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ def make_tiny_encoder(texts: list[str], out: Path, vocab_size: int = 3000) -> Pa
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    from hybridir.encoder_dir import save_encoder
+    from hybridir.model.encoder_dir import save_encoder
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)

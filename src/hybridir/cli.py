@@ -2,7 +2,7 @@
 
 Each stage module exposes `register(subparsers)`, which adds its subcommand and sets `func`.
 Only the module of the command being run is imported, so a stage's process loads exactly the
-code its stage depends on (pipeline.code_deps derives that set from the imports).
+code its stage depends on (pipeline.stages.code_deps derives that set from the imports).
 """
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from .errors import UserError
 
 # subcommand -> module of hybridir that registers it (and holds the stage's code)
 COMMANDS = {
-    "fetch": "fetch", "eval-data": "evaldata", "train-data": "traindata", "domain-data": "domain",
-    "dev-data": "devdata",
-    "import-encoder": "encoder_import", "batches": "batches", "train": "train", "encode": "encode",
-    "evaluate": "evaluate", "beir": "beir", "probe": "probe", "report": "report", "dvc-yaml": "pipeline",
+    "fetch": "data.fetch", "eval-data": "data.evaldata", "train-data": "data.traindata",
+    "domain-data": "data.domain", "dev-data": "data.devdata", "batches": "data.batches",
+    "import-encoder": "model.encoder_import", "train": "train.trainer",
+    "encode": "evaluate.encode", "evaluate": "evaluate.scoring", "beir": "evaluate.beir", "probe": "evaluate.probe",
+    "report": "report.build", "dvc-yaml": "pipeline.stages",
 }
 # Set to a directory to record, per command, the params keys it read and the hybridir modules it
 # loaded (the tests compare them with the stage table).
@@ -48,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv   # `train` re-runs its own command line under torchrun
     try:
         if isinstance(getattr(args, "params", None), str):
-            from .config import load_params
+            from .pipeline.config import load_params
 
             args.params = load_params(args.params)
             if getattr(args, "recipe", None):   # batches / train of a recipe-study run
-                from .config import with_recipe
+                from .pipeline.config import with_recipe
 
                 args.params = with_recipe(args.params, args.recipe)
             if os.environ.get("DVC_STAGE") and args.command != "dvc-yaml":
@@ -72,10 +73,10 @@ def _check_dvc_yaml(params) -> None:
     dvc.yaml lists one stage per run of experiments.*; DVC cannot add stages when those lists change
     (e.g. `dvc exp run -S experiments.seeds=[0,1]`), so the first stage it runs stops, before any work.
     """
-    from .config import ConfigError
+    from .pipeline.config import ConfigError
 
     # Loaded like a subcommand, not imported: this check refuses or allows a run but never changes an
-    # output, so the stage table's module is not a code dependency of every stage (pipeline.code_deps).
+    # output, so the stage table's module is not a code dependency of every stage (pipeline.stages.code_deps).
     render_dvc_yaml = importlib.import_module(f"hybridir.{COMMANDS['dvc-yaml']}").render_dvc_yaml
     dvc_yaml = Path(os.environ.get("DVC_ROOT", ".")) / "dvc.yaml"
     if dvc_yaml.is_file() and dvc_yaml.read_text(encoding="utf-8") != render_dvc_yaml(params.plain(), params.source):

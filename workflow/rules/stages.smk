@@ -1,4 +1,4 @@
-# One rule per stage of src/hybridir/pipeline.py (commands, paths and params come from there).
+# One rule per stage of src/hybridir/pipeline/stages.py (commands, paths and params come from there).
 # Each rule is a thin shell over a `hybridir` subcommand; its log and benchmark go to logs/ and benchmarks/.
 
 for stage in STAGES:

@@ -24,8 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
-from .errors import BadInput, CannotRun, MissingInput
+from ..atomic import atomic_path
+from ..errors import BadInput, CannotRun, MissingInput
 
 QUERY_ID_COLUMNS = ("lang", "qid")
 CANDIDATE_ID_COLUMNS = ("lang", "cid")
@@ -99,8 +99,8 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
     """Embed queries.parquet (query prefix) and candidates.parquet (passage prefix) of `eval_dir`."""
     import torch  # heavy imports only where the model runs
 
-    from .encoder_dir import load_encoder, read_settings
-    from .modeling import encode_placement, encode_texts
+    from ..model.encoder_dir import load_encoder, read_settings
+    from ..model.modeling import encode_placement, encode_texts
 
     eval_dir = Path(eval_dir)
     queries = read_table(eval_dir / "queries.parquet", QUERY_ID_COLUMNS + ("text",))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import BadInput
+from ..errors import BadInput
 
 
 def transformer_layers(model: torch.nn.Module) -> torch.nn.ModuleList:

@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .atomic import atomic_path
-from .encoder_dir import load_encoder, pool, read_settings
-from .errors import BadInput, MissingInput
-from .modeling import length_buckets, pad_batch
+from ..atomic import atomic_path
+from ..errors import BadInput, MissingInput
+from ..model.encoder_dir import load_encoder, pool, read_settings
+from ..model.modeling import length_buckets, pad_batch
 
 MAX_UNITS = 200     # held-out NTREX units (x languages = sentences encoded)
 MAX_LENGTH = 128    # tokens; NTREX sentences are news sentences, nearly all shorter

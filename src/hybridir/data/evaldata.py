@@ -30,8 +30,8 @@ from typing import Any
 
 import pandas as pd
 
-from .atomic import atomic_path
-from .errors import BadInput, MissingInput
+from ..atomic import atomic_path
+from ..errors import BadInput, MissingInput
 from .sources import find, load_registry, local_path
 
 DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -8,7 +8,7 @@ Two sources (params `encoder.source`):
 - `hub`: `AutoModel` / `AutoTokenizer` from the Hugging Face hub (`encoder.hub_id` at `encoder.revision`).
 
 Params read: encoder.source, query_prefix, passage_prefix, pooling; hub_id and revision for the hub only.
-The directory format (and its one reader, `read_settings`) is `hybridir.encoder_dir.save_encoder`'s;
+The directory format (and its one reader, `read_settings`) is `hybridir.model.encoder_dir.save_encoder`'s;
 where the weights came from is recorded as `hybridir_source` in config.json.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path
-from .errors import BadInput, CannotRun, MissingInput
+from ..atomic import atomic_path
+from ..errors import BadInput, CannotRun, MissingInput
 from .encoder_dir import SETTING_KEYS, save_encoder
 from .spm_normalizer import compile_charsmap, nmt_rules
 

@@ -9,7 +9,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .errors import BadInput
+from ..errors import BadInput
 
 SECTIONS = ("data", "encoder", "evaluate", "train", "experiments", "resources")
 
@@ -61,7 +61,7 @@ class Params(dict):
 
 def schema() -> dict[str, Any]:
     props = {
-        name: json.loads(resources.files("hybridir").joinpath(f"schema/{name}.json").read_text())
+        name: json.loads(resources.files("hybridir").joinpath(f"pipeline/schema/{name}.json").read_text())
         for name in SECTIONS
     }
     # a recipe holds train settings: each is checked by the train section's own rules

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .errors import BadInput, MissingInput
+from ..errors import BadInput, MissingInput
 
 POOLINGS = ("mean", "cls")
 _ST_FILES = ("config_sentence_transformers.json", "modules.json")   # sentence-transformers' own config

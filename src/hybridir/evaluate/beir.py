@@ -41,10 +41,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
-from .errors import BadInput, MissingInput
+from ..atomic import atomic_path
+from ..data.sources import find, load_registry, local_path
+from ..errors import BadInput, MissingInput
 from .search import make_pool, normalise, score_blocks, top_k
-from .sources import find, load_registry, local_path
 
 ROLE = "eval:beir-en"
 DATASETS = ("nfcorpus", "arguana")
@@ -184,9 +184,9 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
              out: str | Path, *, progress: bool = False,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The whole stage: read, (sub)sample, embed, search, score; write `out` (JSON) atomically."""
+    from ..model.encoder_dir import load_encoder, read_settings
+    from ..model.modeling import encode_placement, encode_texts
     from .encode import encode_unique
-    from .encoder_dir import load_encoder, read_settings
-    from .modeling import encode_placement, encode_texts
 
     t_start = time.perf_counter()
     log = log or (lambda msg: None)

@@ -14,8 +14,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from .atomic import atomic_path
-from .errors import CannotRun, MissingInput, UserError
+from ..atomic import atomic_path
+from ..errors import CannotRun, MissingInput, UserError
 from .sources import Source, load_registry
 
 DEFAULT_MIRROR = Path("..") / "shared" / "mirror"
@@ -66,7 +66,7 @@ def fetch_one(source: Source, dest: Path, mirror: Path | None) -> str:
                 f"sha256 mismatch for {source.url}\n  from:     {origin}\n"
                 f"  expected: {source.sha256}\n  actual:   {actual}\n"
                 "The file is corrupt or the upstream changed: delete the bad copy, "
-                "or fix the entry in src/hybridir/sources.tsv if the change is intended.")
+                "or fix the entry in src/hybridir/data/sources.tsv if the change is intended.")
     return "mirror" if cached and cached.is_file() else "download"
 
 

@@ -15,11 +15,11 @@ and, for timings.md only and when present, models/trained/<encoder>/<tag>/train_
 <tag>/<dataset>/embeddings/meta.json and eval/info.json. Each is inside a dependency the stage table
 declares for the report stage (a test checks every file opened).
 
-Tags are the stage table's (hybridir.pipeline.Run.tag): zeroshot (the base encoder),
+Tags are the stage table's (hybridir.pipeline.stages.Run.tag): zeroshot (the base encoder),
 <strategy>-s<seed> (main grid: experiments.strategies x seeds; hybrid at train.alpha),
 hybrid-a<alpha>-s<seed> (experiments.alpha_sweep) and <strategy>-f<fraction>-s<seed>
 (experiments.data_fractions: share of the training groups). A sweep point that is another run's
-setting reads that run (pipeline.make_run): alpha = train.alpha is hybrid-s<seed>, alpha 1 is
+setting reads that run (pipeline.stages.make_run): alpha = train.alpha is hybrid-s<seed>, alpha 1 is
 xx_mono-s<seed> and alpha 0 is xy-s<seed> (the same batches), fraction 1 the full-data run.
 
 Sections beyond the paper's tables appear when their inputs exist: language fairness (PEER, rank
@@ -45,9 +45,21 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_outputs
-from .errors import BadInput, MissingInput
-from .pipeline import DEV, DEV_QA, Run, Stage, ident, make_run, num, param_values, recipe_runs, scored_datasets, stages
+from ..atomic import atomic_outputs
+from ..errors import BadInput, MissingInput
+from ..pipeline.stages import (
+    DEV,
+    DEV_QA,
+    Run,
+    Stage,
+    ident,
+    make_run,
+    num,
+    param_values,
+    recipe_runs,
+    scored_datasets,
+    stages,
+)
 
 DATASET_LABELS = {"xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R", DEV: "dev (held-out training documents)",
                   DEV_QA: "dev QA (held-out ARCD questions, ar)"}
@@ -115,12 +127,12 @@ class Grid:
         return list(dict.fromkeys(t for ts in self.recipes.values() for t in ts))
 
     def dev_only_tags(self) -> list[str]:
-        """Tags scored on the dev benchmark alone (pipeline.scored_datasets, dev_only)."""
+        """Tags scored on the dev benchmark alone (pipeline.stages.scored_datasets, dev_only)."""
         grid = set(self.all_tags())
         return [t for t in self.recipe_tags() if t not in grid]
 
     def beir_checks(self) -> list[tuple[str, str]]:
-        """(tag, BEIR dataset) of every check read, as pipeline.beir_datasets creates them."""
+        """(tag, BEIR dataset) of every check read, as pipeline.stages.beir_datasets creates them."""
         checks = [(t, name) for t in self.main_tags() for name in self.beir]
         if self.domain:
             checks += [(t, "nfcorpus") for t in self.matrix_tags()]
@@ -306,7 +318,7 @@ def recipe_table(res: Results, grid: Grid, params: dict[str, Any], *, n_permutat
     """The recipe study on the dev benchmark: per recipe its settings, the headline metrics, their mean
     over Mo. / Cr. / Mul. and the selected validation loss (seed means), and paired randomization tests
     against the default at the same seeds (Holm over the recipes, per metric)."""
-    from .significance import holm, per_query_ap, randomization_test
+    from ..evaluate.significance import holm, per_query_ap, randomization_test
 
     recipes = params["experiments"]["recipes"]
     ap = {name: per_query_ap([res.per_query[t, DEV] for t in tags]) for name, tags in grid.recipes.items()}
@@ -347,7 +359,7 @@ def significance(res: Results, grid: Grid, datasets: Sequence[str], *, n_permuta
                  seed: int = 0) -> pd.DataFrame:
     """Paired randomization tests (significance.py) for each configured pair, dataset and metric;
     Holm-Bonferroni over the pairs within each (dataset, metric)."""
-    from .significance import holm, per_query_ap, randomization_test
+    from ..evaluate.significance import holm, per_query_ap, randomization_test
 
     pairs = [(a, b) for a, b in PAIRS if a in grid.systems and b in grid.systems]
     rows = []
@@ -441,7 +453,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 def mean_matrix(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Seed mean of the mAP matrix (rows query language, columns corpus language)."""
-    from .metrics import cell_matrix
+    from ..evaluate.metrics import cell_matrix
 
     langs = sorted(set(tables[0]["qlang"]) | set(tables[0]["clang"]) - {"all"})
     matrices = [cell_matrix(t, "ap", langs) for t in tables]
@@ -1237,7 +1249,7 @@ def local_path(dep: str, inp: ReportInputs) -> Path:
     is --models, and code is the running package's."""
     enc = inp.params["encoder"]["name"]
     roots = {f"results/{enc}/": inp.results, f"models/trained/{enc}/": inp.models_dir,
-             "src/hybridir/": Path(__file__).parent}
+             "src/hybridir/": Path(__file__).parent.parent}
     for prefix, root in roots.items():
         if dep.startswith(prefix) and root is not None:
             return root / dep[len(prefix):]

@@ -4,7 +4,7 @@ Recipe choices must not be made on XQuAD-R / MLQA-R (the paper's test sets). The
 only pairs.parquet rows with split == 'valid' (whole documents that train-data held out, never in a
 training batch) and is scored with exactly the evaluation protocol (`hybridir encode` and
 `hybridir evaluate`: mono / cross / multilingual mAP matrices, rank distance) as dataset `dev`
-(pipeline.scored_datasets). Its tables follow
+(pipeline.stages.scored_datasets). Its tables follow
 evaldata.EvalTables, as in LAReQA (Roy et al. 2020, "LAReQA: Language-agnostic answer retrieval from a
 multilingual pool"), with a group's translations in the role of a question's translations:
   queries     lang, qid = group_id, text = the group's query unit (a sentence, a WMT24++ segment)
@@ -36,9 +36,9 @@ from typing import Any
 
 import pandas as pd
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
+from ..errors import BadInput, CannotRun
 from .batches import read_pairs
-from .errors import BadInput, CannotRun
 from .evaldata import EvalTables, dataset_stats, read_squad_json, write_dataset
 from .sources import find, load_registry, local_path
 from .traindata import SOURCE_LANGS, arcd_doc_id, clean, eval_texts, overlaps, sentence_spans

@@ -28,8 +28,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..errors import BadInput, CannotRun
 from .encoder_dir import POOLINGS, pool
-from .errors import BadInput, CannotRun
 
 PRECISIONS = ("fp32", "bf16", "int8")
 

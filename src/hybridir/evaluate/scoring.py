@@ -40,12 +40,12 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_outputs
+from ..data.evaldata import EvalTables
+from ..errors import BadInput
 from . import fairness as F
 from . import metrics as M
-from .atomic import atomic_outputs
 from .encode import Embeddings, read_embeddings, read_table
-from .evaldata import EvalTables
-from .errors import BadInput
 from .search import Pool, SearchResult, make_pool, normalise, search
 
 RUN_TAG = "hybridir"

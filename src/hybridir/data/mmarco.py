@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import BadInput
+from ..errors import BadInput
 
 SOURCE = "mmarco"
 HUB_REPO = "unicamp-dl/mmarco"

@@ -38,7 +38,7 @@ def url_relpath(url: str) -> PurePosixPath:
 def load_registry(path: str | Path | None = None) -> list[Source]:
     """Read the registry (the packaged sources.tsv unless `path` is given)."""
     text = (Path(path).read_text(encoding="utf-8") if path
-            else resources.files("hybridir").joinpath("sources.tsv").read_text(encoding="utf-8"))
+            else resources.files("hybridir").joinpath("data/sources.tsv").read_text(encoding="utf-8"))
     rows = list(csv.DictReader(text.splitlines(), delimiter="\t"))
     return [Source(r["url"], r["sha256"].lower(), int(r["bytes"]), r["license"], r["role"]) for r in rows]
 

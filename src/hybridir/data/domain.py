@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
+from ..errors import BadInput
+from ..evaluate.beir import beir_zip, read_beir
 from .batches import DOMAIN_SOURCE, read_pairs
-from .beir import read_beir, beir_zip
-from .errors import BadInput
 from .traindata import eval_texts, norm, overlaps
 
 PASSAGE_WORDS = 100

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .cli import COMMANDS
+from ..cli import COMMANDS
 from .config import ConfigError, Params
 
 EXECUTABLE = "hybridir"
@@ -54,7 +54,7 @@ class Stage:
 
 
 SRC = "src/hybridir"   # the package's path in the repository, as stage deps name it
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent   # src/hybridir (this file: pipeline/stages.py)
 # Every stage runs through the `hybridir` entry point (cli.py, and the package's __init__.py).
 ENTRY = ("__init__.py", "cli.py")
 
@@ -69,7 +69,7 @@ def _module_file(dotted: str, package_dir: Path) -> str | None:
 
 def _imports(rel: str, package_dir: Path) -> set[str]:
     """Package files that module file `rel` imports anywhere (top level or inside functions), and the
-    package data files it opens by a literal name (`...joinpath("sources.tsv")`)."""
+    package data files it opens by a literal name (`...joinpath("data/sources.tsv")`)."""
     tree = ast.parse((package_dir / rel).read_text(encoding="utf-8"), rel)
     package = rel.removesuffix(".py").split("/")[:-1]   # "a/b.py" and "a/__init__.py" are in package a
     found: set[str] = set()

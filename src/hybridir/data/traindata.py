@@ -44,8 +44,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
-from .errors import BadInput, CannotRun, MissingInput
+from ..atomic import atomic_path
+from ..errors import BadInput, CannotRun, MissingInput
 from .evaldata import DATASETS, raw_file, read_squad_json
 from .sources import Source, find, load_registry, local_path
 

@@ -69,9 +69,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path
-from .batches import build_batches, pairs_fingerprint, read_batches, read_pairs
-from .errors import BadInput, CannotRun, MissingInput
+from ..atomic import atomic_path
+from ..data.batches import build_batches, pairs_fingerprint, read_batches, read_pairs
+from ..errors import BadInput, CannotRun, MissingInput
 from .freeze import freeze
 from .objectives import distill_loss, frozen_teacher
 
@@ -262,7 +262,7 @@ class Texts:
 def use_unpadded(model: torch.nn.Module, device: torch.device) -> bool:
     """The forward without computation on padding (unpadded.py) is used on the CPU, for a plain
     (not DDP-wrapped) supported encoder; on CUDA and under DDP the padded forward stays."""
-    from . import unpadded
+    from ..model import unpadded
 
     return device.type == "cpu" and unpadded.supports(model)
 
@@ -279,10 +279,10 @@ def embed_tokens(model: torch.nn.Module, enc: dict[str, torch.Tensor], *, poolin
 
     unpadded: None = `use_unpadded` decides; True / False force the unpadded / padded forward
     (equal up to float rounding, the same dropout masks included: unpadded.py)."""
-    from .encoder_dir import pool   # lazily: `hybridir batches` and the CLI do not need torch
+    from ..model.encoder_dir import pool  # lazily: `hybridir batches` and the CLI do not need torch
 
     if use_unpadded(model, device) if unpadded is None else unpadded:
-        from . import unpadded as _unpadded
+        from ..model import unpadded as _unpadded
 
         emb = _unpadded.pooled(model, enc["input_ids"], enc["attention_mask"], pooling)
     else:
@@ -565,7 +565,7 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
                  batches_path: str | Path, out: str | Path, seed: int | None = None,
                  progress: bool = True) -> dict[str, Any]:
     """The whole stage; returns train_summary.json's content."""
-    from .encoder_dir import load_encoder, read_settings, save_encoder
+    from ..model.encoder_dir import load_encoder, read_settings, save_encoder
 
     log = (lambda m: print(m, file=sys.stderr))
     t0 = time.perf_counter()

@@ -75,8 +75,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path
-from .errors import BadInput, MissingInput
+from ..atomic import atomic_path
+from ..errors import BadInput, MissingInput
 
 STRATEGIES = ("xx_mono", "xy", "hybrid")
 DOMAIN_SOURCE = "nfcorpus"   # the source of domain.py's rows: only in batches with --domain-queries
