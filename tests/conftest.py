@@ -14,6 +14,20 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runner_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Converted encoders (modeling.runner_cache) go to the session's scratch, not ~/.cache: no test
+    sees a model converted by an earlier session."""
+    path = tmp_path_factory.mktemp("runner-cache")
+    before = os.environ.get("HYBRIDIR_CACHE")
+    os.environ["HYBRIDIR_CACHE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("HYBRIDIR_CACHE", None)
+    else:
+        os.environ["HYBRIDIR_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

@@ -341,7 +341,8 @@ def test_bitext_batches_on_the_written_file(repo: Path, pairs_file: Path, pairs:
         assert set(t["batch_type"]) - {"bitext"} == ({"xx_mono", "xy"} if strategy == "hybrid" else {strategy})
         b = t[t["batch_type"] == "bitext"]
         q, p = by_row.loc[b["query_row"]], by_row.loc[b["passage_row"]]
-        assert (q["group_id"].values == b["group_id"].values).all() and (p["group_id"].values == b["group_id"].values).all()
+        assert (q["group_id"].values == b["group_id"].values).all()
+        assert (p["group_id"].values == b["group_id"].values).all()
         assert (q["lang"].values == b["query_lang"].values).all() and (p["lang"].values == b["passage_lang"].values).all()
         assert (b["query_lang"] != b["passage_lang"]).all()
         assert set(b["source"]) <= parallel and (q["split"] == "train").all() and (p["split"] == "train").all()

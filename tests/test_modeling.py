@@ -133,3 +133,39 @@ def test_bf16_on_the_cpu_runs_in_openvino_once_per_model(e5, sample) -> None:
     runner = getattr(model, "_hybridir_openvino_bf16_runner")
     encode_texts(model, tokenizer, sample[1][:3], prefix="passage: ", precision="bf16")
     assert getattr(model, "_hybridir_openvino_bf16_runner") is runner
+
+
+@pytest.mark.parametrize("precision, files", [("int8", ["model.int8.smooth.ffn32.onnx"]),
+                                              ("bf16", ["openvino.bin", "openvino.xml"])])
+def test_converted_model_is_kept_per_model_directory(e5, sample, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     precision: str, files: list[str]) -> None:
+    """The first encode of a model directory leaves the converted model in its runner_cache; a later
+    stage process (a fresh model object) loads it without exporting or converting again and embeds the
+    same; another model directory has another cache."""
+    import openvino
+
+    from hybridir.model import modeling
+
+    model_dir, tokenizer, _ = e5
+    monkeypatch.setenv("HYBRIDIR_CACHE", str(tmp_path / "cache"))
+    cache = modeling.converted_cache(model_dir, precision, "cpu")
+    assert cache is not None and tmp_path / "cache" in cache.parents
+    assert modeling.converted_cache(model_dir, "fp32", "cpu") is None
+    assert modeling.converted_cache(model_dir, precision, "cuda") is None
+    texts = sample[0][:4] + sample[1][:4]
+    cold = encode_texts(load_encoder(model_dir)[1], tokenizer, texts, prefix="passage: ", precision=precision,
+                        cache=cache)
+    assert sorted(p.name for p in cache.iterdir()) == files   # no temporary left
+
+    def boom(*args, **kwargs):
+        raise AssertionError("converted again despite the cache")
+    monkeypatch.setattr(modeling, "export_onnx", boom)
+    monkeypatch.setattr(modeling, "smooth_for_int8", boom)
+    monkeypatch.setattr(openvino, "convert_model", boom)
+    warm = encode_texts(load_encoder(model_dir)[1], tokenizer, texts, prefix="passage: ", precision=precision,
+                        cache=cache)
+    np.testing.assert_allclose(warm, cold, atol=1e-6)
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    (other / "config.json").write_text((other / "config.json").read_text() + "\n")
+    assert modeling.converted_cache(other, precision, "cpu") != cache

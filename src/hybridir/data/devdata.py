@@ -90,7 +90,8 @@ def qa_dev_tables(pairs: pd.DataFrame, raw_dir: str | Path) -> EvalTables:
         raise BadInput(f"{cid.count(None)} held-out {QA_SOURCE} answer sentences are not sentences of their "
                        "paragraph in the raw file: rebuild the pairs with `hybridir train-data`")
     rows = rows.assign(cid=cid).sort_values("group_id", kind="stable")
-    queries = pd.DataFrame({"lang": "ar", "qid": rows["group_id"].to_numpy(), "text": rows["query"].str.strip().to_numpy()})
+    queries = pd.DataFrame({"lang": "ar", "qid": rows["group_id"].to_numpy(),
+                            "text": rows["query"].str.strip().to_numpy()})
     qrels = pd.DataFrame({"qid": rows["group_id"].to_numpy(), "lang": "ar", "cid": rows["cid"].to_numpy()})
     return EvalTables(queries, candidates, qrels)
 

@@ -185,7 +185,7 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The whole stage: read, (sub)sample, embed, search, score; write `out` (JSON) atomically."""
     from ..model.encoder_dir import load_encoder, read_settings
-    from ..model.modeling import encode_placement, encode_texts
+    from ..model.modeling import converted_cache, encode_placement, encode_texts
     from .encode import encode_unique
 
     t_start = time.perf_counter()
@@ -199,12 +199,13 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
     tokenizer, model = load_encoder(model_dir)
     precision, device = encode_placement(ev["precision"])
     model = model.to(device).eval()
+    cache = converted_cache(model_dir, precision, device)   # shared with this model's encode stages
 
     def embed(texts: list[str], prefix: str) -> np.ndarray:
         return encode_unique(texts, lambda unique: encode_texts(
             model, tokenizer, unique, prefix=prefix, pooling=settings["pooling"],
             max_length=params["encoder"]["max_length"], batch_size=ev["batch_size"],
-            precision=precision, progress=progress))
+            precision=precision, progress=progress, cache=cache))
 
     t0 = time.perf_counter()
     q_vectors = embed(data.queries["text"].tolist(), settings["query_prefix"])

@@ -100,7 +100,7 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
     import torch  # heavy imports only where the model runs
 
     from ..model.encoder_dir import load_encoder, read_settings
-    from ..model.modeling import encode_placement, encode_texts
+    from ..model.modeling import converted_cache, encode_placement, encode_texts
 
     eval_dir = Path(eval_dir)
     queries = read_table(eval_dir / "queries.parquet", QUERY_ID_COLUMNS + ("text",))
@@ -110,12 +110,13 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
     tokenizer, model = load_encoder(model_dir)
     precision, device = encode_placement(ev["precision"])
     model = model.to(device).eval()
+    cache = converted_cache(model_dir, precision, device)   # shared with this model's other encodes
 
     def encoder(prefix: str) -> Callable[[list[str]], np.ndarray]:
         return lambda texts: encode_texts(
             model, tokenizer, texts, prefix=prefix, pooling=settings["pooling"],
             max_length=params["encoder"]["max_length"], batch_size=ev["batch_size"],
-            precision=precision, progress=progress)
+            precision=precision, progress=progress, cache=cache)
 
     timings = {}
     t0 = time.perf_counter()

@@ -187,7 +187,8 @@ def required_files(results: Path, grid: Grid, datasets: Sequence[str],
     for tag in grid.dev_only_tags():
         for ds in [d for d in datasets if d in (DEV, DEV_QA)]:
             how = f"stage {ident('evaluate', tag, ds)} (`hybridir evaluate`)"
-            needed += [(results / tag / ds / "metrics.json", how), (results / tag / ds / "eval" / "per_query.parquet", how)]
+            needed += [(results / tag / ds / "metrics.json", how),
+                       (results / tag / ds / "eval" / "per_query.parquet", how)]
     if grid.recipes and models is None:
         raise BadInput("the recipe study (experiments.recipes) needs the trained models' loss.csv: pass --models")
     for tag in grid.recipe_tags():
@@ -978,7 +979,8 @@ def recipes_md(t: Tables) -> list[str]:
         if t.qa:
             cells.append(_bold_if(fmt(r["qa_mo"], r["qa_mo_std"]), r["qa_mo"], best["qa_mo"]))
         cells.append(fmt(r["valid_loss"], r["valid_loss_std"]))
-        cells += ["–" if r["recipe"] == "default" else f"{r[f'{m}_diff']:+.3f} ({_p_text(r[f'{m}_p_holm'], t.n_permutations)})"
+        cells += ["–" if r["recipe"] == "default"
+                  else f"{r[f'{m}_diff']:+.3f} ({_p_text(r[f'{m}_p_holm'], t.n_permutations)})"
                   for m in ("mo", "cr", "mul")]
         rows.append(cells)
     md += md_table(["recipe", "settings", "Mo.", "Cr.", "Mul.", "mean", "rank distance"]
