@@ -9,9 +9,13 @@ import pytest
 from hybridir.evaluate.search import make_pool, normalise, relevant_ranks, search, top_k
 
 
-def _vectors(n: int, dim: int = 32, seed: int = 0, duplicates: int = 0) -> np.ndarray:
+def _vectors(n: int, dim: int = 32, seed: int = 0, duplicates: int = 0, integer: bool = False) -> np.ndarray:
+    """Random unit vectors; `integer`: small integers instead, whose dot products are exact float32
+    integers whatever the summation order (a BLAS's blocking cannot split a tie: for unit vectors numpy's
+    OpenBLAS on an AVX2 CPU scored two identical candidates one ulp apart), with many ties."""
     rng = np.random.default_rng(seed)
-    v = normalise(rng.standard_normal((n, dim)).astype(np.float32))
+    v = (rng.integers(-3, 4, (n, dim)).astype(np.float32) if integer
+         else normalise(rng.standard_normal((n, dim)).astype(np.float32)))
     for i in range(duplicates):  # identical vectors give exactly tied scores
         v[n - 1 - i] = v[i]
     return v
@@ -42,9 +46,11 @@ def test_pool_is_sorted_and_validated(setup):
         make_pool(["a", "a"], np.ones((2, 4), np.float32))
 
 
-def test_ranks_and_top_k_equal_brute_force(setup):
-    queries, pool = setup
-    scores = queries @ pool.vectors.T
+def test_ranks_and_top_k_equal_brute_force():
+    cands = _vectors(300, seed=1, duplicates=5, integer=True)
+    queries = np.concatenate([_vectors(40, seed=2, integer=True), cands[:3]])
+    pool = make_pool(np.array([f"zz/{i:05d}" for i in range(len(cands))]), cands)
+    scores = queries @ pool.vectors.T   # exact: the same numbers as search's own
     order = _brute_force_order(scores)
     n = len(pool)
     expected_rank = np.empty_like(order)
@@ -54,8 +60,7 @@ def test_ranks_and_top_k_equal_brute_force(setup):
     res = search(queries, pool, all_cols, k=25, block_elements=7 * n)  # 7 rows per block
     np.testing.assert_array_equal(res.ranks, expected_rank)
     np.testing.assert_array_equal(res.top_columns, order[:, :25])
-    # a 1-row block is a gemv, not a gemm: scores may differ in the last bit, never the order here
-    np.testing.assert_allclose(res.top_scores, np.take_along_axis(scores, order[:, :25], 1), atol=1e-6)
+    np.testing.assert_array_equal(res.top_scores, np.take_along_axis(scores, order[:, :25], 1))
     # the duplicated candidates tie exactly, and the higher id wins
     dup = scores[:, 0] == scores[:, n - 1]
     assert dup.all() and (res.ranks[:, n - 1] < res.ranks[:, 0]).all()
