@@ -93,6 +93,9 @@ def test_code_deps_follow_every_kind_of_import(tmp_path: Path) -> None:
     deps = code_deps("entry", pkg)
     assert _names(deps) == {"__init__.py", "cli.py", "entry.py", "plain.py", "atomic.py", "lazy.py",
                             "absolute.py", "sub/__init__.py", "sub/deep.py", "data.py", "t.tsv"}
+    # a command's module in a sub-package: importing it runs the package's __init__.py
+    (pkg / "sub" / "cmd.py").write_text("import os\n")
+    assert _names(code_deps("sub.cmd", pkg)) == {"__init__.py", "cli.py", "sub/__init__.py", "sub/cmd.py"}
 
 
 def test_stage_code_deps_include_what_was_missing_by_hand(repo: Path) -> None:

@@ -114,7 +114,10 @@ def code_deps(module: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, ...]:
     The params schema files are not included: validation only accepts or rejects a params file,
     it never changes a value a stage sees.
     """
-    todo = [_module_file(module, package_dir) or f"{module}.py", *ENTRY]
+    parts = module.split(".")
+    # importing a.b (cli.build_parser) runs a/__init__.py first
+    parents = [_module_file(".".join(parts[:i]), package_dir) for i in range(1, len(parts))]
+    todo = [_module_file(module, package_dir) or f"{module}.py", *ENTRY, *(p for p in parents if p)]
     seen: set[str] = set()
     while todo:
         rel = todo.pop()
