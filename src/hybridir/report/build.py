@@ -337,11 +337,11 @@ def recipe_table(res: Results, grid: Grid, params: dict[str, Any], *, n_permutat
     table = pd.DataFrame(rows)
     others = [name for name in grid.recipes if name != "default"]
     for metric in ("mo", "cr", "mul"):
-        tests = [randomization_test(ap[name], ap["default"], metric, n_permutations=n_permutations, seed=seed)
-                 for name in others]
-        adjusted = dict(zip(others, holm([t.p_value for t in tests]))) if tests else {}
-        table[f"{metric}_diff"] = [math.nan if n == "default" else tests[others.index(n)].diff for n in table["recipe"]]
-        table[f"{metric}_p_holm"] = [math.nan if n == "default" else float(adjusted[n]) for n in table["recipe"]]
+        tests = {name: randomization_test(ap[name], ap["default"], metric, n_permutations=n_permutations, seed=seed)
+                 for name in others}
+        adjusted = dict(zip(others, holm([t.p_value for t in tests.values()]))) if tests else {}
+        table[f"{metric}_diff"] = [tests[n].diff if n in tests else math.nan for n in table["recipe"]]
+        table[f"{metric}_p_holm"] = [float(adjusted[n]) if n in tests else math.nan for n in table["recipe"]]
     return table
 
 
