@@ -528,7 +528,7 @@ def test_recipe_study_section(report: dict[str, Any], tree: dict[str, Any]) -> N
                                                             for b in bodies]))
         losses = [pd.read_csv(tree["models"] / t / "loss.csv")["valid_loss"].min() for t in tags]
         assert rec[name]["valid_loss"] == pytest.approx(np.mean(losses))
-    for metric in ("mo", "cr", "mul"):
+    for metric in ("mo", "cr", "mul", "qa_mo"):
         assert rec["bitext"][f"{metric}_diff"] == 0.0 and rec["bitext"][f"{metric}_p_holm"] == 1.0   # same vectors
         assert rec["distill"][f"{metric}_diff"] > 0 and rec["distill"][f"{metric}_p_holm"] < 0.05    # less noise
     assert "## 13. Recipe study (dev benchmark)" in md
@@ -551,4 +551,4 @@ def test_qa_dev_part(report: dict[str, Any], tree: dict[str, Any]) -> None:
     qa = [json.loads((results / t / "dev_qa" / "metrics.json").read_text())["mo"]
           for t in tree["grid"].recipes["distill"]]
     assert summary["recipes"]["distill"]["qa_mo"] == pytest.approx(np.mean(qa))
-    assert "| QA Mo. |" in md
+    assert "| QA Mo. |" in md and "| QA Mo. Δ (p) |" in md

@@ -322,7 +322,6 @@ def recipe_table(res: Results, grid: Grid, params: dict[str, Any], *, n_permutat
     from ..evaluate.significance import holm, per_query_ap, randomization_test
 
     recipes = params["experiments"]["recipes"]
-    ap = {name: per_query_ap([res.per_query[t, DEV] for t in tags]) for name, tags in grid.recipes.items()}
     rows = []
     for name, tags in grid.recipes.items():
         m = aggregate([res.metrics[t, DEV] for t in tags], HEADLINE)
@@ -336,12 +335,17 @@ def recipe_table(res: Results, grid: Grid, params: dict[str, Any], *, n_permutat
                      "valid_loss": loss, "valid_loss_std": loss_std})
     table = pd.DataFrame(rows)
     others = [name for name in grid.recipes if name != "default"]
-    for metric in ("mo", "cr", "mul"):
+    # (dataset, metric, column): the QA part's one cell is tested too where every run scored it
+    tested = [(DEV, m, m) for m in ("mo", "cr", "mul")]
+    if all((t, DEV_QA) in res.per_query for t in grid.recipe_tags()):
+        tested.append((DEV_QA, "mo", "qa_mo"))
+    for ds, metric, column in tested:
+        ap = {name: per_query_ap([res.per_query[t, ds] for t in tags]) for name, tags in grid.recipes.items()}
         tests = {name: randomization_test(ap[name], ap["default"], metric, n_permutations=n_permutations, seed=seed)
                  for name in others}
         adjusted = dict(zip(others, holm([t.p_value for t in tests.values()]))) if tests else {}
-        table[f"{metric}_diff"] = [tests[n].diff if n in tests else math.nan for n in table["recipe"]]
-        table[f"{metric}_p_holm"] = [float(adjusted[n]) if n in tests else math.nan for n in table["recipe"]]
+        table[f"{column}_diff"] = [tests[n].diff if n in tests else math.nan for n in table["recipe"]]
+        table[f"{column}_p_holm"] = [float(adjusted[n]) if n in tests else math.nan for n in table["recipe"]]
     return table
 
 
@@ -968,8 +972,8 @@ def recipes_md(t: Tables) -> list[str]:
           "questions, section 1); valid loss = the selected checkpoint's "
           "validation InfoNCE (not comparable across recipes that change train.scale). Δ = recipe − default "
           f"with p from the paired randomization test above (question units, {t.n_permutations:,} "
-          "permutations, Holm over the recipes per metric). Choose the default on this table, then score "
-          "it once on the evaluation sets.", ""]
+          "permutations, Holm over the recipes per metric; the QA part's Mo. too where it is scored). "
+          "Choose the default on this table, then score it once on the evaluation sets.", ""]
     best = {m: _best(t.recipes[m].tolist(), m) for m in ("mo", "cr", "mul", "rank_distance", "mean3", "qa_mo")}
     rows = []
     for _, r in t.recipes.iterrows():
@@ -979,12 +983,14 @@ def recipes_md(t: Tables) -> list[str]:
         if t.qa:
             cells.append(_bold_if(fmt(r["qa_mo"], r["qa_mo_std"]), r["qa_mo"], best["qa_mo"]))
         cells.append(fmt(r["valid_loss"], r["valid_loss_std"]))
+        tested = ("mo", "cr", "mul") + (("qa_mo",) if "qa_mo_diff" in t.recipes else ())
         cells += ["–" if r["recipe"] == "default"
                   else f"{r[f'{m}_diff']:+.3f} ({_p_text(r[f'{m}_p_holm'], t.n_permutations)})"
-                  for m in ("mo", "cr", "mul")]
+                  for m in tested]
         rows.append(cells)
     md += md_table(["recipe", "settings", "Mo.", "Cr.", "Mul.", "mean", "rank distance"]
-                   + (["QA Mo."] if t.qa else []) + ["valid loss", "Mo. Δ (p)", "Cr. Δ (p)", "Mul. Δ (p)"], rows)
+                   + (["QA Mo."] if t.qa else []) + ["valid loss", "Mo. Δ (p)", "Cr. Δ (p)", "Mul. Δ (p)"]
+                   + (["QA Mo. Δ (p)"] if "qa_mo_diff" in t.recipes else []), rows)
     return md + [""]
 
 
