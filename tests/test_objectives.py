@@ -27,11 +27,13 @@ def _batch(pairs: pd.DataFrame):
 
 
 def test_new_train_keys_are_read_even_when_off(repo: Path) -> None:
-    """The train stage declares every train.* key (pipeline.stages): it must read each of them."""
-    params = Params(yaml.safe_load((repo / "params.yaml").read_text()))
-    config = TrainConfig.from_params(params["train"])
-    assert (config.distill_weight, config.freeze_layers) == (0, 0)
-    assert {"train.distill_weight", "train.freeze_layers"} <= params.reads
+    """The train stage declares every train.* key (pipeline.stages): it must read each of them, off or on."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for values in ({"distill_weight": 0, "freeze_layers": 0}, {"distill_weight": 2.0, "freeze_layers": 6}):
+        read = Params(params | {"train": params["train"] | values})
+        config = TrainConfig.from_params(read["train"])
+        assert (config.distill_weight, config.freeze_layers) == (values["distill_weight"], values["freeze_layers"])
+        assert {"train.distill_weight", "train.freeze_layers"} <= read.reads
 
 
 def test_distill_loss_is_the_mean_squared_distance_and_its_gradient() -> None:

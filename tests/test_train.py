@@ -22,7 +22,7 @@ from hybridir.train.trainer import (Batch, Dist, Texts, TrainConfig, batch_loss,
                             train_loop)
 
 from pairs_fixture import build_pairs
-from tiny_encoder import SPEC, make_tiny_encoder
+from tiny_encoder import SPEC, TINY_TRAIN, make_tiny_encoder
 
 BATCH = 8
 
@@ -59,7 +59,7 @@ def renumber_vocab(path: Path) -> None:
 
 def write_params(repo: Path, d: Path, **train: object) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
-    params["train"].update({"batch_size": BATCH, "steps": 4, "valid_every": 2, "valid_batches": 2,
+    params["train"].update(TINY_TRAIN | {"batch_size": BATCH, "steps": 4, "valid_every": 2, "valid_batches": 2,
                             "lr": 1e-3, "warmup_ratio": 0.25, "precision": "fp32",
                             "query_max_length": 32, "passage_max_length": 48} | train)
     path = d / "params.yaml"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 SPEC = {"query_prefix": "query: ", "passage_prefix": "passage: ", "pooling": "mean"}
+# train settings of params.yaml that a 2-layer encoder cannot take (the default freezes e5-small's lower 6 of 12)
+TINY_TRAIN = {"freeze_layers": 0}
 
 
 def make_tiny_encoder(texts: list[str], out: Path, vocab_size: int = 3000) -> Path:
