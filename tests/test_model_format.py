@@ -37,8 +37,9 @@ def trained_dir(tmp_path_factory: pytest.TempPathFactory, repo: Path, mirror: Pa
     pairs.to_parquet(d / "pairs.parquet", index=False)
     make_tiny_encoder(pairs["query"].tolist() + pairs["passage"].tolist(), d / "base")
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
-    params["train"].update(TINY_TRAIN | {"batch_size": 8, "steps": 2, "valid_every": 1, "valid_batches": 2, "lr": 1e-3,
-                            "precision": "fp32", "query_max_length": 32, "passage_max_length": 48})
+    params["train"].update(TINY_TRAIN | {"batch_size": 8, "steps": 2, "valid_every": 1, "valid_batches": 2,
+                                         "lr": 1e-3, "precision": "fp32", "query_max_length": 32,
+                                         "passage_max_length": 48})
     (d / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     common = ["--params", str(d / "params.yaml"), "--pairs", str(d / "pairs.parquet")]
     assert main(["batches", *common, "--strategy", "hybrid", "--seed", "0", "--out", str(d / "b.parquet")]) == 0

@@ -60,8 +60,8 @@ def renumber_vocab(path: Path) -> None:
 def write_params(repo: Path, d: Path, **train: object) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
     params["train"].update(TINY_TRAIN | {"batch_size": BATCH, "steps": 4, "valid_every": 2, "valid_batches": 2,
-                            "lr": 1e-3, "warmup_ratio": 0.25, "precision": "fp32",
-                            "query_max_length": 32, "passage_max_length": 48} | train)
+                                         "lr": 1e-3, "warmup_ratio": 0.25, "precision": "fp32",
+                                         "query_max_length": 32, "passage_max_length": 48} | train)
     path = d / "params.yaml"
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
     return path

@@ -41,8 +41,8 @@ def files(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
 def write_params(repo: Path, path: Path, **train: object) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
     params["train"].update(TINY_TRAIN | {"batch_size": 8, "valid_batches": 2, "lr": 1e-3, "warmup_ratio": 0.25,
-                            "precision": "fp32", "query_max_length": 32, "passage_max_length": 48,
-                            "freeze_embeddings": False} | train)
+                                         "precision": "fp32", "query_max_length": 32, "passage_max_length": 48,
+                                         "freeze_embeddings": False} | train)
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
     return path
 

@@ -339,10 +339,11 @@ def recipe_table(res: Results, grid: Grid, params: dict[str, Any], *, n_permutat
     tested = [(DEV, m, m) for m in ("mo", "cr", "mul")]
     if all((t, DEV_QA) in res.per_query for t in grid.recipe_tags()):
         tested.append((DEV_QA, "mo", "qa_mo"))
+    ap = {ds: {name: per_query_ap([res.per_query[t, ds] for t in tags]) for name, tags in grid.recipes.items()}
+          for ds in dict.fromkeys(ds for ds, _, _ in tested)}   # seed averages, once per dataset
     for ds, metric, column in tested:
-        ap = {name: per_query_ap([res.per_query[t, ds] for t in tags]) for name, tags in grid.recipes.items()}
-        tests = {name: randomization_test(ap[name], ap["default"], metric, n_permutations=n_permutations, seed=seed)
-                 for name in others}
+        tests = {name: randomization_test(ap[ds][name], ap[ds]["default"], metric, n_permutations=n_permutations,
+                                          seed=seed) for name in others}
         adjusted = dict(zip(others, holm([t.p_value for t in tests.values()]))) if tests else {}
         table[f"{column}_diff"] = [tests[n].diff if n in tests else math.nan for n in table["recipe"]]
         table[f"{column}_p_holm"] = [float(adjusted[n]) if n in tests else math.nan for n in table["recipe"]]
@@ -975,6 +976,7 @@ def recipes_md(t: Tables) -> list[str]:
           "permutations, Holm over the recipes per metric; the QA part's Mo. too where it is scored). "
           "Choose the default on this table, then score it once on the evaluation sets.", ""]
     best = {m: _best(t.recipes[m].tolist(), m) for m in ("mo", "cr", "mul", "rank_distance", "mean3", "qa_mo")}
+    tested = ("mo", "cr", "mul") + (("qa_mo",) if "qa_mo_diff" in t.recipes else ())   # recipe_table's tests
     rows = []
     for _, r in t.recipes.iterrows():
         cells = [r["recipe"], f"`{r['settings']}`" if r["settings"] else "–"]
@@ -983,14 +985,13 @@ def recipes_md(t: Tables) -> list[str]:
         if t.qa:
             cells.append(_bold_if(fmt(r["qa_mo"], r["qa_mo_std"]), r["qa_mo"], best["qa_mo"]))
         cells.append(fmt(r["valid_loss"], r["valid_loss_std"]))
-        tested = ("mo", "cr", "mul") + (("qa_mo",) if "qa_mo_diff" in t.recipes else ())
         cells += ["–" if r["recipe"] == "default"
                   else f"{r[f'{m}_diff']:+.3f} ({_p_text(r[f'{m}_p_holm'], t.n_permutations)})"
                   for m in tested]
         rows.append(cells)
     md += md_table(["recipe", "settings", "Mo.", "Cr.", "Mul.", "mean", "rank distance"]
                    + (["QA Mo."] if t.qa else []) + ["valid loss", "Mo. Δ (p)", "Cr. Δ (p)", "Mul. Δ (p)"]
-                   + (["QA Mo. Δ (p)"] if "qa_mo_diff" in t.recipes else []), rows)
+                   + (["QA Mo. Δ (p)"] if "qa_mo" in tested else []), rows)
     return md + [""]
 
 
