@@ -39,7 +39,7 @@ import pandas as pd
 from ..atomic import atomic_path
 from ..errors import BadInput, CannotRun
 from .batches import read_pairs
-from .evaldata import EvalTables, dataset_stats, read_squad_json, write_dataset
+from .evaldata import EvalTables, dataset_stats, read_squad_json, stats_line, write_dataset
 from .sources import find, load_registry, local_path
 from .traindata import SOURCE_LANGS, arcd_doc_id, clean, eval_texts, overlaps, sentence_spans
 
@@ -125,8 +125,7 @@ def build_dev(pairs_path: str | Path, raw_dir: str | Path, out_dir: str | Path,
 def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     for out, s in build_dev(args.pairs, args.raw, args.out, args.qa_out).items():
-        cells = " ".join(f"{lang} {s['queries'].get(lang, 0)}/{s['candidates'][lang]}" for lang in s["languages"])
-        print(f"dev: {out}: queries/candidates {cells}", file=sys.stderr)
+        print(f"dev: {out}: queries/candidates {stats_line(s)}", file=sys.stderr)
     print(f"dev: done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return 0
 

@@ -173,6 +173,12 @@ def dataset_stats(tables: EvalTables) -> dict[str, Any]:
             "qrels": count(tables.qrels), "unique_qids": int(tables.queries["qid"].nunique())}
 
 
+def stats_line(stats: dict[str, Any]) -> str:
+    """'lang queries/candidates ...' from dataset_stats, for the stage logs."""
+    return " ".join(f"{lang} {stats['queries'].get(lang, 0)}/{stats['candidates'][lang]}"
+                    for lang in stats["languages"])
+
+
 def write_dataset(tables: EvalTables, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     tables.queries.to_parquet(out_dir / "queries.parquet", index=False)
@@ -200,8 +206,7 @@ def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     stats = build_all(args.raw, args.out, params["data"])
     for dataset, s in stats.items():
-        cells = " ".join(f"{lang} {s['queries'].get(lang, 0)}/{s['candidates'][lang]}" for lang in s["languages"])
-        print(f"{dataset}: queries/candidates {cells}", file=sys.stderr)
+        print(f"{dataset}: queries/candidates {stats_line(s)}", file=sys.stderr)
     print(f"wrote {args.out} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return 0
 
