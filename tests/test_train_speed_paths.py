@@ -12,7 +12,7 @@ import torch
 
 from hybridir.data.batches import build_batches
 from hybridir.train.trainer import Texts, TrainConfig, batch_loss, iter_batches, make_optimizer, validation_loss
-from hybridir.model.unpadded import packed_hidden_states, supports
+from hybridir.model.unpadded import FrozenPrefix, packed_hidden_states, supports
 
 from pairs_fixture import build_pairs
 from tiny_encoder import SPEC, make_tiny_encoder
@@ -98,6 +98,38 @@ def test_validation_loss_equal(base: Path, pairs: pd.DataFrame) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert b[k] == pytest.approx(a[k], rel=0, abs=1e-12)
+
+
+def test_frozen_prefix_validation_is_bit_identical_and_skips_the_frozen_layers(base: Path, pairs: pd.DataFrame) -> None:
+    """Validation with FrozenPrefix (train.freeze_layers > 0) after training steps = without it, exactly,
+    and its passes after the first run no frozen layer."""
+    tokenizer, model = load(base)
+    c = cfg(freeze_layers=1)
+    opt, params = make_optimizer(model, c)
+    texts = Texts(pairs, SPEC)
+    valid = list(iter_batches(build_batches(pairs, strategy="xy", alpha=0.5, batch_size=BATCH, steps=2, seed=1)))
+    calls = {"frozen": 0, "upper": 0}
+    model.encoder.layer[0].attention.self.query.register_forward_hook(lambda *a: calls.__setitem__("frozen", calls["frozen"] + 1))
+    model.encoder.layer[1].attention.self.query.register_forward_hook(lambda *a: calls.__setitem__("upper", calls["upper"] + 1))
+    prefix = FrozenPrefix(1)
+    first = validation_loss(model, tokenizer, texts, valid, c, "mean", CPU, unpadded=True, prefix=prefix)
+    assert len(prefix.states) == 2 * len(valid) and calls["frozen"] == calls["upper"] == 2 * len(valid)
+    torch.manual_seed(0)
+    for batch in iter_batches(build_batches(pairs, strategy="hybrid", alpha=0.5, batch_size=BATCH, steps=2, seed=2)):
+        loss, _ = batch_loss(model, tokenizer, texts, batch, c, "mean", CPU, unpadded=True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    calls.update(frozen=0, upper=0)
+    cached = validation_loss(model, tokenizer, texts, valid, c, "mean", CPU, unpadded=True, prefix=prefix)
+    assert calls == {"frozen": 0, "upper": 2 * len(valid)}
+    plain = validation_loss(model, tokenizer, texts, valid, c, "mean", CPU, unpadded=True)
+    assert cached == plain                       # bit-identical
+    assert abs(cached["valid_loss"] - first["valid_loss"]) > 1e-6   # the steps changed the upper layer
+    # a prefix is not used in train mode (dropout masks are drawn in the frozen layers too)
+    calls.update(frozen=0, upper=0)
+    batch_loss(model, tokenizer, texts, valid[0], c, "mean", CPU, unpadded=True, prefix=prefix)
+    assert calls["frozen"] == 2
 
 
 def test_training_steps_end_at_the_same_weights(base: Path, pairs: pd.DataFrame) -> None:

@@ -12,13 +12,20 @@ the padded positions' noise is drawn and discarded), so a training run takes the
 masks and follows the same loss trajectory (tests/test_train_speed_paths.py checks loss and
 gradients against the padded path, in train mode).
 
+With frozen lower layers (train.freeze_layers = N), the states after layer N of a text depend on
+nothing that training changes, and in eval mode (no dropout) not on the step either: `FrozenPrefix`
+keeps them for the fixed validation batches, so every validation pass after the first runs only the
+upper layers, on the same inputs, so bit-identical losses.
+
 Supported: BERT and XLM-RoBERTa style encoders (absolute positions, no decoder, eager or sdpa
 attention); `supports(model)` says whether a model qualifies (the caller falls back to the
 padded forward otherwise).
 """
 from __future__ import annotations
 
+import hashlib
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -52,6 +59,21 @@ def _dropout(x: torch.Tensor, module: torch.nn.Dropout, shape: tuple[int, ...], 
     return x * noise.view(-1, shape[-1]).index_select(0, idx)
 
 
+@dataclass
+class FrozenPrefix:
+    """States after the lowest `layers` layers of a model whose embeddings and those layers are frozen,
+    per batch of token ids, kept in eval mode only (train mode draws dropout masks in them)."""
+    layers: int
+    states: dict[bytes, torch.Tensor] = field(default_factory=dict)
+
+    @staticmethod
+    def key(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> bytes:
+        h = hashlib.sha256(repr((tuple(input_ids.shape), str(input_ids.dtype))).encode())
+        for t in (input_ids, attention_mask):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.digest()
+
+
 def _attention_function(attention: torch.nn.Module) -> Any:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -59,35 +81,42 @@ def _attention_function(attention: torch.nn.Module) -> Any:
     return ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager)
 
 
-def packed_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         prefix: FrozenPrefix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(last hidden states of the real tokens [n_real, hidden] in row-major order, their flat
-    indices into [batch * length]) for right-padded `input_ids` / `attention_mask` [batch, length]."""
+    indices into [batch * length]) for right-padded `input_ids` / `attention_mask` [batch, length];
+    `prefix`: take / keep the frozen lower layers' states (eval mode only, see FrozenPrefix)."""
     from transformers.masking_utils import create_bidirectional_mask
 
     emb = model.embeddings
     training = model.training
     batch, length = input_ids.shape
     idx = attention_mask.reshape(-1).nonzero().squeeze(1)
-    if hasattr(emb, "create_position_ids_from_input_ids"):    # XLM-R: padding_idx + 1 + position
-        position_ids = emb.create_position_ids_from_input_ids(input_ids, emb.padding_idx)
-    else:
-        position_ids = emb.position_ids[:, :length].expand(batch, length)
-    ids = input_ids.reshape(-1).index_select(0, idx)
-    pos = position_ids.reshape(-1).index_select(0, idx)
-    x = emb.word_embeddings(ids) + emb.token_type_embeddings(torch.zeros_like(ids))
-    x = x + emb.position_embeddings(pos)
-    x = emb.LayerNorm(x)
-    hidden = x.shape[-1]
+    hidden = model.config.hidden_size
     shape = (batch, length, hidden)
-    x = _dropout(x, emb.dropout, shape, idx, training)
+    key = prefix.key(input_ids, attention_mask) if prefix is not None and not training else None
+    x = prefix.states.get(key) if key is not None else None
+    start = prefix.layers if x is not None else 0
+    if x is None:
+        if hasattr(emb, "create_position_ids_from_input_ids"):    # XLM-R: padding_idx + 1 + position
+            position_ids = emb.create_position_ids_from_input_ids(input_ids, emb.padding_idx)
+        else:
+            position_ids = emb.position_ids[:, :length].expand(batch, length)
+        ids = input_ids.reshape(-1).index_select(0, idx)
+        pos = position_ids.reshape(-1).index_select(0, idx)
+        x = emb.word_embeddings(ids) + emb.token_type_embeddings(torch.zeros_like(ids))
+        x = x + emb.position_embeddings(pos)
+        x = emb.LayerNorm(x)
+        x = _dropout(x, emb.dropout, shape, idx, training)
     mask = create_bidirectional_mask(config=model.config, inputs_embeds=x.new_empty(1, 1, 1).expand(batch, length, hidden),
                                      attention_mask=attention_mask)
 
     def unpack(t: torch.Tensor) -> torch.Tensor:
         return t.new_zeros(batch * length, t.shape[-1]).index_copy(0, idx, t).view(batch, length, -1)
 
-    for layer in model.encoder.layer:
+    for i, layer in enumerate(model.encoder.layer[start:], start):
+        if key is not None and i == prefix.layers:
+            prefix.states[key] = x
         att = layer.attention.self
         heads, head_size = att.num_attention_heads, att.attention_head_size
         q, k, v = (unpack(lin(x)).view(batch, length, heads, head_size).transpose(1, 2)
@@ -99,15 +128,17 @@ def packed_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attent
         x = out.LayerNorm(_dropout(out.dense(context), out.dropout, shape, idx, training) + x)
         ffn = layer.output
         x = ffn.LayerNorm(_dropout(ffn.dense(layer.intermediate(x)), ffn.dropout, shape, idx, training) + x)
+    if key is not None and prefix.layers == len(model.encoder.layer):   # every layer frozen
+        prefix.states.setdefault(key, x)
     return x, idx
 
 
 def pooled(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-           pooling: str) -> torch.Tensor:
+           pooling: str, prefix: FrozenPrefix | None = None) -> torch.Tensor:
     """Sentence vectors [batch, hidden] (not normalised) = encoder_dir.pool(model(...).last_hidden_state)."""
     from .encoder_dir import POOLINGS
 
-    states, idx = packed_hidden_states(model, input_ids, attention_mask)
+    states, idx = packed_hidden_states(model, input_ids, attention_mask, prefix)
     batch, length = input_ids.shape
     if pooling == "mean":
         rows = torch.div(idx, length, rounding_mode="floor")

@@ -72,6 +72,7 @@ import torch.nn.functional as F
 from ..atomic import atomic_path
 from ..data.batches import build_batches, pairs_fingerprint, read_batches, read_pairs
 from ..errors import BadInput, CannotRun, MissingInput
+from ..model.unpadded import FrozenPrefix
 from .freeze import freeze
 from .objectives import distill_loss, frozen_teacher
 
@@ -274,17 +275,18 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, device: torch.de
 
 
 def embed_tokens(model: torch.nn.Module, enc: dict[str, torch.Tensor], *, pooling: str, device: torch.device,
-                 unpadded: bool | None = None) -> tuple[torch.Tensor, int]:
+                 unpadded: bool | None = None, prefix: FrozenPrefix | None = None) -> tuple[torch.Tensor, int]:
     """L2-normalised embeddings, fp32 or wider (differentiable), and the number of non-padding tokens.
 
     unpadded: None = `use_unpadded` decides; True / False force the unpadded / padded forward
-    (equal up to float rounding, the same dropout masks included: unpadded.py)."""
+    (equal up to float rounding, the same dropout masks included: unpadded.py); prefix: the frozen
+    lower layers' states to reuse in eval mode (unpadded forward only: unpadded.FrozenPrefix)."""
     from ..model.encoder_dir import pool  # lazily: `hybridir batches` and the CLI do not need torch
 
     if use_unpadded(model, device) if unpadded is None else unpadded:
         from ..model import unpadded as _unpadded
 
-        emb = _unpadded.pooled(model, enc["input_ids"], enc["attention_mask"], pooling)
+        emb = _unpadded.pooled(model, enc["input_ids"], enc["attention_mask"], pooling, prefix)
     else:
         emb = pool(model(**enc).last_hidden_state, enc["attention_mask"], pooling)
     # at least fp32 (bf16 under autocast); float64 stays float64 (tests compare float64 runs)
@@ -293,18 +295,20 @@ def embed_tokens(model: torch.nn.Module, enc: dict[str, torch.Tensor], *, poolin
 
 
 def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, max_length: int, pooling: str,
-          device: torch.device, unpadded: bool | None = None) -> tuple[torch.Tensor, int]:
+          device: torch.device, unpadded: bool | None = None,
+          prefix: FrozenPrefix | None = None) -> tuple[torch.Tensor, int]:
     """`embed_tokens` of `texts` tokenized."""
     return embed_tokens(model, tokenize(tokenizer, texts, max_length, device), pooling=pooling, device=device,
-                        unpadded=unpadded)
+                        unpadded=unpadded, prefix=prefix)
 
 
 def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batch, cfg: TrainConfig,
                pooling: str, device: torch.device, dist: Dist = Dist(),
-               teacher: torch.nn.Module | None = None, unpadded: bool | None = None) -> tuple[torch.Tensor, int]:
+               teacher: torch.nn.Module | None = None, unpadded: bool | None = None,
+               prefix: FrozenPrefix | None = None) -> tuple[torch.Tensor, int]:
     """This rank's loss on `batch` (its shard of the queries against the whole batch's candidates),
     plus cfg.distill_weight times the distillation term to `teacher` when one is given (objectives.py);
-    unpadded: see `embed`."""
+    unpadded, prefix: see `embed_tokens`."""
     n = len(batch.query_rows)
     if n % dist.world:
         raise BadInput(f"batch of {n} triplets does not split evenly over {dist.world} ranks")
@@ -318,13 +322,14 @@ def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batc
             p_enc = tokenize(tokenizer, texts.queries[batch.passage_rows[shard]], cfg.query_max_length, device)
         else:
             p_enc = tokenize(tokenizer, texts.passages[batch.passage_rows[shard]], cfg.passage_max_length, device)
-        q, tq = embed_tokens(model, q_enc, pooling=pooling, device=device, unpadded=unpadded)
-        p, tp = embed_tokens(model, p_enc, pooling=pooling, device=device, unpadded=unpadded)
+        q, tq = embed_tokens(model, q_enc, pooling=pooling, device=device, unpadded=unpadded, prefix=prefix)
+        p, tp = embed_tokens(model, p_enc, pooling=pooling, device=device, unpadded=unpadded, prefix=prefix)
         cands = [dist.gather(p)]
         tokens = tq + tp
         if batch.negative_rows is not None:
             neg, tn = embed(model, tokenizer, texts.passages[batch.negative_rows[shard]],
-                            max_length=cfg.passage_max_length, pooling=pooling, device=device, unpadded=unpadded)
+                            max_length=cfg.passage_max_length, pooling=pooling, device=device, unpadded=unpadded,
+                            prefix=prefix)
             cands.append(dist.gather(neg))
             tokens += tn
         if teacher is not None:
@@ -339,14 +344,15 @@ def batch_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batch: Batc
 
 def validation_loss(model: torch.nn.Module, tokenizer: Any, texts: Texts, batches: list[Batch],
                     cfg: TrainConfig, pooling: str, device: torch.device,
-                    unpadded: bool | None = None) -> dict[str, float]:
-    """Mean loss over the validation batches, overall and per batch type (dropout off, no autograd)."""
+                    unpadded: bool | None = None, prefix: FrozenPrefix | None = None) -> dict[str, float]:
+    """Mean loss over the validation batches, overall and per batch type (dropout off, no autograd);
+    prefix: keeps the frozen lower layers' states of these batches between calls (see embed_tokens)."""
     was_training = model.training
     model.eval()
     per: dict[str, list[float]] = {}
     for b in batches:
         with torch.inference_mode():
-            loss, _ = batch_loss(model, tokenizer, texts, b, cfg, pooling, device, unpadded=unpadded)
+            loss, _ = batch_loss(model, tokenizer, texts, b, cfg, pooling, device, unpadded=unpadded, prefix=prefix)
         per.setdefault(b.batch_type, []).append(float(loss))
     model.train(was_training)
     out = {"valid_loss": float(np.mean([v for vs in per.values() for v in vs]))}
@@ -426,9 +432,12 @@ def train_loop(model: torch.nn.Module, tokenizer: Any, *, texts: Texts, batches:
     opt, params = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
     net = data_parallel(model, device, dist)
+    # frozen lower layers: validation passes after the first run only the upper ones (bit-identical)
+    prefix = FrozenPrefix(cfg.freeze_layers) if cfg.freeze_layers and use_unpadded(model, device) else None
 
     def check(step: int) -> dict[str, float]:
-        v = dist.share(validation_loss(model, tokenizer, texts, valid, cfg, pooling, device) if dist.main else None)
+        v = dist.share(validation_loss(model, tokenizer, texts, valid, cfg, pooling, device, prefix=prefix)
+                       if dist.main else None)
         if v["valid_loss"] < best["valid_loss"]:
             best.update(step=step, valid_loss=v["valid_loss"])
             if dist.main:
