@@ -14,8 +14,8 @@ Step i of both uses the same batch (hybrid strategy, seed 0) and the same dropou
 loss columns must agree to float rounding (the same trajectory). `--warmup` untimed steps, then
 `--steps` timed ones, the variant order alternating per step; then validation passes (train.valid_batches
 forward-only batches), alternating too. Prints per-variant median s/step, steps/s, tokens/s (non-padding
-tokens), the ratio to `padded`, validation-pass seconds (first / later passes), the load average and peak RSS, and a projection of
-a full `hybridir train` run with the fast step.
+tokens), the ratio to `padded`, validation-pass seconds (first / later passes), the load average and peak
+RSS, and a projection of a full `hybridir train` run with the fast step.
 """
 from __future__ import annotations
 
@@ -122,7 +122,8 @@ def main() -> int:
 
     print(f"device cpu, torch threads {torch.get_num_threads()}, encoder {base}, batch {tp['batch_size']}, "
           f"query/passage max length {cfg.query_max_length}/{cfg.passage_max_length}, precision {cfg.precision}, "
-          f"freeze_embeddings {cfg.freeze_embeddings}, freeze_layers {cfg.freeze_layers}, {args.steps} timed steps (+{args.warmup} warm-up), "
+          f"freeze_embeddings {cfg.freeze_embeddings}, freeze_layers {cfg.freeze_layers}, "
+          f"{args.steps} timed steps (+{args.warmup} warm-up), "
           f"{len(valid)} validation batches x {args.valid_reps}")
     print(f"load average (1, 5, 15 min) before {load0}, after {load1}")
     ref = statistics.median(variants["padded"]["times"])

@@ -14,8 +14,8 @@ gradients against the padded path, in train mode).
 
 With frozen lower layers (train.freeze_layers = N), the states after layer N of a text depend on
 nothing that training changes, and in eval mode (no dropout) not on the step either: `FrozenPrefix`
-keeps them for the fixed validation batches, so every validation pass after the first runs only the
-upper layers, on the same inputs, so bit-identical losses.
+keeps them for the fixed validation batches, and every validation pass after the first runs only the
+upper layers on them: the same operations on the same inputs, so bit-identical losses.
 
 Supported: BERT and XLM-RoBERTa style encoders (absolute positions, no decoder, eager or sdpa
 attention); `supports(model)` says whether a model qualifies (the caller falls back to the
@@ -115,8 +115,6 @@ def packed_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attent
         return t.new_zeros(batch * length, t.shape[-1]).index_copy(0, idx, t).view(batch, length, -1)
 
     for i, layer in enumerate(model.encoder.layer[start:], start):
-        if key is not None and i == prefix.layers:
-            prefix.states[key] = x
         att = layer.attention.self
         heads, head_size = att.num_attention_heads, att.attention_head_size
         q, k, v = (unpack(lin(x)).view(batch, length, heads, head_size).transpose(1, 2)
@@ -128,8 +126,8 @@ def packed_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attent
         x = out.LayerNorm(_dropout(out.dense(context), out.dropout, shape, idx, training) + x)
         ffn = layer.output
         x = ffn.LayerNorm(_dropout(ffn.dense(layer.intermediate(x)), ffn.dropout, shape, idx, training) + x)
-    if key is not None and prefix.layers == len(model.encoder.layer):   # every layer frozen
-        prefix.states.setdefault(key, x)
+        if key is not None and i + 1 == prefix.layers:   # the last frozen layer's output
+            prefix.states[key] = x
     return x, idx
 
 

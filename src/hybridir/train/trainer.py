@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from ..atomic import atomic_path
 from ..data.batches import build_batches, pairs_fingerprint, read_batches, read_pairs
 from ..errors import BadInput, CannotRun, MissingInput
-from ..model.unpadded import FrozenPrefix
+from ..model.unpadded import FrozenPrefix, pooled as unpadded_pooled, supports as unpadded_supports
 from .freeze import freeze
 from .objectives import distill_loss, frozen_teacher
 
@@ -263,9 +263,7 @@ class Texts:
 def use_unpadded(model: torch.nn.Module, device: torch.device) -> bool:
     """The forward without computation on padding (unpadded.py) is used on the CPU, for a plain
     (not DDP-wrapped) supported encoder; on CUDA and under DDP the padded forward stays."""
-    from ..model import unpadded
-
-    return device.type == "cpu" and unpadded.supports(model)
+    return device.type == "cpu" and unpadded_supports(model)
 
 
 def tokenize(tokenizer: Any, texts: list[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -284,9 +282,7 @@ def embed_tokens(model: torch.nn.Module, enc: dict[str, torch.Tensor], *, poolin
     from ..model.encoder_dir import pool  # lazily: `hybridir batches` and the CLI do not need torch
 
     if use_unpadded(model, device) if unpadded is None else unpadded:
-        from ..model import unpadded as _unpadded
-
-        emb = _unpadded.pooled(model, enc["input_ids"], enc["attention_mask"], pooling, prefix)
+        emb = unpadded_pooled(model, enc["input_ids"], enc["attention_mask"], pooling, prefix)
     else:
         emb = pool(model(**enc).last_hidden_state, enc["attention_mask"], pooling)
     # at least fp32 (bf16 under autocast); float64 stays float64 (tests compare float64 runs)
