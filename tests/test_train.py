@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from hybridir.data.batches import build_batches
 from hybridir.cli import main
+from hybridir.errors import BadInput
 from hybridir.model.encoder_dir import read_settings
 from hybridir.train.trainer import (Batch, Dist, Texts, TrainConfig, batch_loss, info_nce, iter_batches, lr_factor,
                             train_loop)
@@ -295,3 +296,39 @@ def test_sharded_gather_matches_full_batch_gradient(files: dict[str, Path], pair
     # the check can fail: a missing all-reduce or a non-differentiable gather is far outside the tolerance
     for broken in ("no_all_reduce", "detached_gather"):
         assert max_abs_diff(runs[broken], full) > 1e6 * tol, broken
+
+
+def test_output_is_the_best_steps_weights_not_the_last(repo: Path, files: dict[str, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best checkpoint is kept in memory and written at the end: with validation losses scripted so
+    that step 2 of 4 is best, the saved weights are exactly the model's weights at step 2."""
+    import hybridir.train.trainer as trainer
+
+    params = write_params(repo, tmp_path, lr=3e-3)   # 4 steps, validation at 0, 2, 4
+    batches = tmp_path / "b.parquet"
+    assert main(["batches", "--params", str(params), "--pairs", str(files["pairs"]), "--strategy", "xy",
+                 "--seed", "0", "--out", str(batches)]) == 0
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def scripted(model: torch.nn.Module, *args: object, **kwargs: object) -> dict[str, float]:
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        return {"valid_loss": [3.0, 1.0, 2.0][len(seen) - 1]}
+
+    monkeypatch.setattr(trainer, "validation_loss", scripted)
+    out = tmp_path / "m"
+    assert main(["train", "--params", str(params), "--base", str(files["base"]), "--pairs", str(files["pairs"]),
+                 "--batches", str(batches), "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "train_summary.json").read_text())["best_step"] == 2
+    saved = saved_weights(out)
+    assert all(torch.equal(saved[n], w) for n, w in seen[1].items())
+    assert not all(torch.equal(saved[n], w) for n, w in seen[2].items())   # the last step moved on
+
+
+def test_resume_state_of_other_freeze_settings_is_refused(files: dict[str, Path]) -> None:
+    from hybridir.train.trainer import load_trainable, trainable_state
+
+    _, model = load_tiny(files["base"])
+    state = trainable_state(model)
+    model.embeddings.requires_grad_(False)
+    with pytest.raises(BadInput, match="delete the .resume directory"):
+        load_trainable(model, state)

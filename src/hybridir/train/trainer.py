@@ -38,10 +38,13 @@ full-batch loss. Validation runs on rank 0 alone and its numbers are broadcast, 
 decision is made once; rank 0 writes every file. The GPU/NCCL path is NOT TESTED (no GPU on the
 development machine); tests/test_train_distributed.py checks 2 gloo processes against one.
 
+The best checkpoint is kept in memory as its trainable weights (with frozen layers a small part of
+the model: the frozen rest is the base model's, an input) and the output is written once, at the end.
+
 Resume: every train.checkpoint_every steps (0 = never) rank 0 writes the training state to
-`<out>.resume/` (atomically): state.pt (model, AdamW and scheduler state, step, best step and
-loss, the loss log, every rank's RNG state; all loadable with torch.load(weights_only=True)) and
-best/ (the best checkpoint so far, as the output holds it). A run whose inputs match the state's
+`<out>.resume/state.pt` (atomically): the trainable weights now and at the best step, AdamW and
+scheduler state, step, best step and loss, the loss log, every rank's RNG state; all loadable with
+torch.load(weights_only=True). A run whose inputs match the state's
 fingerprint (batch table, base model, training settings, seed, number of processes) resumes
 from it and ends with the same weights as an uninterrupted run; the state is removed once the
 output is written.
@@ -393,6 +396,23 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
 
 
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the weights training changes (requires_grad); the frozen rest is the base model's."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Put `weights` (trainable_state of a model with the same frozen parts) into `model`."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != trainable:
+        raise BadInput(f"training state holds weights {sorted(set(weights) ^ trainable)[:3]}... that do not match "
+                       "this run's trainable ones (other freeze settings?); delete the .resume directory")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in weights:
+                p.copy_(weights[name])
+
+
 def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
     return {"cpu": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
@@ -446,7 +466,7 @@ def train_loop(model: torch.nn.Module, tokenizer: Any, *, texts: Texts, batches:
         best: dict[str, Any] = {"step": -1, "valid_loss": math.inf}
         rows: list[dict[str, Any]] = [{"step": 0, "train_loss": math.nan, "lr": 0.0, "batch_type": "", **check(0)}]
     else:
-        model.load_state_dict(state["model"])
+        load_trainable(model, state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"][dist.rank], device)
@@ -478,7 +498,7 @@ def train_loop(model: torch.nn.Module, tokenizer: Any, *, texts: Texts, batches:
         if checkpoint_every and step % checkpoint_every == 0 and step < steps:
             rng = dist.collect(rng_state(device))
             if dist.main:
-                save_state({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                save_state({"step": step, "model": trainable_state(model), "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(), "rng": rng, "best": best, "rows": rows,
                             "train_seconds": train_seconds, "tokens": tokens})
         bar.update(1)
@@ -600,17 +620,15 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
     resume = out.with_name(out.name + ".resume")   # beside the output: it survives a crash
     key = fingerprint(asdict(cfg), langs, seed, dist.world, files=[Path(batches_path), Path(base)])
     state = load_state(resume, key, log)
+    best = state["best_weights"] if state is not None else {}   # trainable weights at the best step
     with (atomic_path(out) if dist.main else contextlib.nullcontext(None)) as tmp:
-        if state is not None and dist.main:
-            shutil.copytree(resume / "best", tmp)
-
         def save_best(step: int) -> None:
-            save_encoder(model, tokenizer, tmp, spec)
+            best.update(trainable_state(model))
 
         def save_state(state: dict[str, Any]) -> None:
             with atomic_path(resume) as stage:
-                shutil.copytree(tmp, stage / "best")
-                torch.save(state | {"fingerprint": key}, stage / "state.pt")
+                stage.mkdir()
+                torch.save(state | {"best_weights": best, "fingerprint": key}, stage / "state.pt")
 
         log_table, summary = train_loop(model, tokenizer, texts=texts, batches=batches, valid=valid, cfg=cfg,
                                         pooling=spec["pooling"], device=device, save_best=save_best,
@@ -627,6 +645,8 @@ def run_training(*, params: dict[str, Any], base: str | Path, pairs_path: str | 
             "config": asdict(cfg),
         })
         if dist.main:
+            load_trainable(model, best)
+            save_encoder(model, tokenizer, tmp, spec)
             log_table.to_csv(tmp / "loss.csv", index=False)
             plot_losses(log_table, summary["best_step"], tmp / "loss.png")
             (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
