@@ -19,6 +19,10 @@ Variants:
   int8             ONNX Runtime, SmoothQuant + int8 except the FFN output (precision int8; auto on
                    CPUs without native bf16)
   onnx-int8-plain  ONNX Runtime dynamic int8 on every MatMul (why int8 smooths first)
+  bf16-split, int8-split  bf16 / int8 with the graph split after --split layers (train.freeze_layers)
+                   and the lower layers' states already kept (modeling.lower_states): what encoding a
+                   trained model costs once a model with the same lower layers was encoded (its
+                   set-up includes that first, state-keeping pass)
   st-torch         sentence-transformers, default backend
   st-onnx          sentence-transformers backend="onnx" (optimum export, ONNX Runtime fp32)
   st-onnx-qint8    st-onnx after export_dynamic_quantized_onnx_model(..., "avx512_vnni")
@@ -53,7 +57,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-VARIANTS = ("fp32-loop", "fp32", "torch-bf16", "bf16", "int8", "onnx-int8-plain",
+VARIANTS = ("fp32-loop", "fp32", "torch-bf16", "bf16", "int8", "onnx-int8-plain", "bf16-split", "int8-split",
             "st-torch", "st-onnx", "st-onnx-qint8", "st-openvino", "st-openvino-int8w")
 DEFAULT = ("fp32-loop", "fp32", "bf16", "int8", "st-torch", "st-onnx", "st-onnx-qint8", "st-openvino",
            "st-openvino-int8w")
@@ -61,15 +65,20 @@ DEFAULT = ("fp32-loop", "fp32", "bf16", "int8", "st-torch", "st-onnx", "st-onnx-
 
 # ---------------------------------------------------------------- worker side
 
-def project_encoder(variant: str, model_dir: str, batch_size: int, max_length: int
+def project_encoder(variant: str, model_dir: str, batch_size: int, max_length: int, split: int, work: Path
                     ) -> Callable[[list[str], str], np.ndarray]:
     import torch
 
     from hybridir.model.encoder_dir import load_encoder, read_settings
-    from hybridir.model.modeling import encode_with, onnx_runner, openvino_runner, torch_runner
+    from hybridir.model.modeling import CACHE_ENV, encode_texts, encode_with, onnx_runner, openvino_runner, torch_runner
 
     tokenizer, model = load_encoder(model_dir)
     pooling = read_settings(model_dir)["pooling"]
+    if variant.endswith("-split"):   # the pipeline's own path, with a scratch cache
+        os.environ[CACHE_ENV] = str(work / "cache")
+        return lambda texts, prefix: encode_texts(
+            model, tokenizer, texts, prefix=prefix, pooling=pooling, max_length=max_length, batch_size=batch_size,
+            precision=variant.removesuffix("-split"), cache=work / "cache" / "runner", split=split)
     runners = {
         "fp32-loop": lambda: torch_runner(model), "fp32": lambda: torch_runner(model),
         "torch-bf16": lambda: torch_runner(model), "bf16": lambda: openvino_runner(model),
@@ -153,8 +162,11 @@ def worker(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         encode = (st_encoder(args.worker, args.model_dir, args.batch_size, args.max_length, Path(tmp))
                   if args.worker.startswith("st-") else
-                  project_encoder(args.worker, args.model_dir, args.batch_size, args.max_length))
+                  project_encoder(args.worker, args.model_dir, args.batch_size, args.max_length, args.split,
+                                  Path(tmp)))
         encode(candidates[:8], prefixes["passage"])  # warm-up (first-call allocation, JIT)
+        if args.worker.endswith("-split"):
+            encode(candidates, prefixes["passage"])   # keeps the lower layers' states: rounds are hits
         say({"ready": True, "setup_s": time.perf_counter() - t0})
         c = None
         for line in sys.stdin:
@@ -242,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="kept_contexts: only the paragraphs of the kept questions (quick runs)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--split", type=int, default=6, help="layers below the split (*-split variants)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -278,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         np.savez(texts, candidates=np.asarray(tables.candidates["text"].tolist(), dtype=str),
                  queries=np.asarray(tables.queries["text"].tolist(), dtype=str))
         common = ["--texts", str(texts), "--model-dir", args.model_dir, "--threads", str(args.threads),
+                  "--split", str(args.split),
                   "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
                   "--prefixes", json.dumps({"query": settings["query_prefix"],
                                             "passage": settings["passage_prefix"]})]

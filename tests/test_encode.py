@@ -69,7 +69,8 @@ def test_settings_come_from_the_model_directory(model_dir, tmp_path):
 
 def test_encode_rows_match_ids_and_prefixes(model_dir, eval_dir, tmp_path):
     # All that encode reads from params: prefixes and pooling are the model directory's.
-    params = {"encoder": {"max_length": 256}, "evaluate": {"batch_size": 64, "precision": "fp32"}}
+    params = {"encoder": {"max_length": 256}, "evaluate": {"batch_size": 64, "precision": "fp32"},
+              "train": {"freeze_layers": 6}}   # the split point; fp32 runs the whole model
     emb = encode_dataset(model_dir, eval_dir, params, progress=False)
     write_embeddings(emb, tmp_path / "emb")
     back = read_embeddings(tmp_path / "emb")

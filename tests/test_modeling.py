@@ -169,3 +169,74 @@ def test_converted_model_is_kept_per_model_directory(e5, sample, tmp_path: Path,
     shutil.copytree(model_dir, other)
     (other / "config.json").write_text((other / "config.json").read_text() + "\n")
     assert modeling.converted_cache(other, precision, "cpu") != cache
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 2-layer encoder, a copy with its upper layer changed (a model trained with the lower layer
+    frozen) and a copy with its lower layer changed."""
+    from hybridir.model.encoder_dir import save_encoder
+    from tiny_encoder import SPEC, make_tiny_encoder
+
+    root = tmp_path_factory.mktemp("split")
+    words = "the cat dog sat ran on a mat house river green old new quick brown fox jumps over lazy".split()
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, int(rng.integers(2, 12)))) for _ in range(200)]
+    dirs = {"base": make_tiny_encoder(texts, root / "base", vocab_size=200)}
+    for name, layer in (("upper", 1), ("lower", 0)):
+        tokenizer, model = load_encoder(dirs["base"])
+        with torch.no_grad():
+            model.encoder.layer[layer].output.dense.weight.mul_(1.5)
+        save_encoder(model, tokenizer, root / name, SPEC)
+        dirs[name] = root / name
+    return dirs
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_split_encoder_reuses_the_lower_layers_states(tiny_dirs: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
+    """split = 1: the lower layer and the rest run as two graphs and embed like the whole one; the
+    lower layer's output is kept, and a model sharing that layer (upper changed) takes it without
+    building its own lower graph, getting exactly what a miss computes; a changed lower layer does not."""
+    from hybridir.model import modeling
+
+    words = "the quick brown fox jumps over the lazy dog on a green mat".split()
+    texts = [" ".join(words[i:i + 2 + i % 7]) for i in range(12)]
+
+    def embed(name: str, split: int, cache_dir: str = "cache") -> np.ndarray:
+        monkeypatch.setenv("HYBRIDIR_CACHE", str(tmp_path / cache_dir))
+        tokenizer, model = load_encoder(tiny_dirs[name])
+        return encode_texts(model, tokenizer, texts, prefix="passage: ", precision=precision, batch_size=5,
+                            cache=modeling.converted_cache(tiny_dirs[name], precision, "cpu"), split=split)
+
+    whole, base = embed("base", 0), embed("base", 1)
+    assert (whole * base).sum(axis=1).min() > 0.999
+    states = tmp_path / "cache" / "states"
+    assert len(list(states.glob("*.npy"))) == 1
+
+    real = {"int8": modeling.onnx_runner, "bf16": modeling.openvino_runner}[precision]
+
+    def no_lower_graph(*args, part=None, **kwargs):
+        assert part != (0, 1), "built the lower graph despite kept states"
+        return real(*args, part=part, **kwargs)
+    with monkeypatch.context() as patched:
+        patched.setattr(modeling, {"int8": "onnx_runner", "bf16": "openvino_runner"}[precision], no_lower_graph)
+        hit = embed("upper", 1)
+    assert len(list(states.glob("*.npy"))) == 1
+    miss = embed("upper", 1, cache_dir="fresh")
+    np.testing.assert_array_equal(hit, miss)
+    assert not np.allclose(hit, base, atol=1e-3)                 # the upper layer is the trained one's
+
+    embed("lower", 1)
+    assert len(list(states.glob("*.npy"))) == 2                 # other lower weights: other states
+    assert not list(states.glob(".*"))                           # no temporary left
+
+
+def test_fp32_ignores_the_split(tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fp32 reference has no cache and runs the whole model whatever the split."""
+    monkeypatch.setenv("HYBRIDIR_CACHE", str(tmp_path))
+    tokenizer, model = load_encoder(tiny_dirs["base"])
+    a = encode_texts(model, tokenizer, ["a cat", "the dog ran"], prefix="q: ", precision="fp32", split=1)
+    b = encode_texts(model, tokenizer, ["a cat", "the dog ran"], prefix="q: ", precision="fp32")
+    np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "states").exists()

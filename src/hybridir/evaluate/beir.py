@@ -205,7 +205,8 @@ def run_beir(params: dict[str, Any], raw_dir: str | Path, model_dir: str | Path,
         return encode_unique(texts, lambda unique: encode_texts(
             model, tokenizer, unique, prefix=prefix, pooling=settings["pooling"],
             max_length=params["encoder"]["max_length"], batch_size=ev["batch_size"],
-            precision=precision, progress=progress, cache=cache))
+            precision=precision, progress=progress, cache=cache,
+            split=int(params["train"]["freeze_layers"])))   # layers shared with the base (modeling.lower_states)
 
     t0 = time.perf_counter()
     q_vectors = embed(data.queries["text"].tolist(), settings["query_prefix"])

@@ -116,7 +116,8 @@ def encode_dataset(model_dir: str | Path, eval_dir: str | Path, params: dict[str
         return lambda texts: encode_texts(
             model, tokenizer, texts, prefix=prefix, pooling=settings["pooling"],
             max_length=params["encoder"]["max_length"], batch_size=ev["batch_size"],
-            precision=precision, progress=progress, cache=cache)
+            precision=precision, progress=progress, cache=cache,
+            split=int(params["train"]["freeze_layers"]))   # layers shared with the base (modeling.lower_states)
 
     timings = {}
     t0 = time.perf_counter()

@@ -19,6 +19,14 @@ module and the runtime's version: `runner_cache(model_dir)` names a directory fo
 ($HYBRIDIR_CACHE, default ~/.cache/hybridir), where the first encode stage of a model leaves the
 converted model and the others (the other datasets, BEIR) load it instead of converting again. A hit
 computes exactly what a miss would; the cache holds no result.
+Lower-layer states (int8 and CPU bf16, `split` = train.freeze_layers = N): a model trained with its
+embeddings and lowest N layers frozen computes exactly what the base model computes up to layer N, so
+encoding runs as two graphs, layers [0, N) and [N, all), and the lower graph's output for a list of
+texts is kept in $HYBRIDIR_CACHE/states/ (float16, real tokens only: about 0.7 GB for XQuAD-R's or MLQA-R's
+texts), keyed by the sha256 of those weights, the token ids, the precision, this module and the runtimes.
+The first model of the run encodes the whole way and leaves the states; every other model that shares
+the lower layers (the zero-shot model and each trained one) runs only its upper layers. A key never
+matches other lower weights, and a hit yields exactly what a miss computes.
 All variants sort texts by token length into batches: on the 13,014 XQuAD-R candidates, batches
 of 64 in input order compute 1.70M token positions, length-sorted batches 0.61M (0.60M real).
 """
@@ -31,7 +39,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -180,46 +188,84 @@ def smooth_for_int8(model: torch.nn.Module, tokenizer: Any, alpha: float = SMOOT
     return smoothed
 
 
-class _HiddenStates(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module):
+class _Layers(torch.nn.Module):
+    """Transformer layers [start, stop) of a BERT-style encoder as a graph of their own, with the
+    model's own modules and attention mask: start 0 takes (input_ids, attention_mask) through the
+    embeddings, start > 0 takes (hidden states after layer start - 1, attention_mask). (0, all) is the
+    whole encoder: model(...).last_hidden_state."""
+
+    def __init__(self, model: torch.nn.Module, start: int, stop: int):
         super().__init__()
-        self.model = model
+        self.model, self.start, self.stop = model, start, stop
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        model = self.model
+        if self.start == 0:
+            x = model.embeddings(input_ids=x)
+        mask = create_bidirectional_mask(config=model.config, inputs_embeds=x, attention_mask=attention_mask)
+        for layer in model.encoder.layer[self.start:self.stop]:
+            x = layer(x, mask)
+        return x
 
 
-def export_onnx(model: torch.nn.Module, path: Path) -> None:
-    """(input_ids, attention_mask) -> last_hidden_state, dynamic batch and length."""
-    example = torch.ones((2, 8), dtype=torch.long)
+Part = tuple[int, int]   # layers [start, stop) of the encoder one runner computes
+
+
+def n_layers(model: torch.nn.Module) -> int:
+    return len(model.encoder.layer)
+
+
+def _example_inputs(model: torch.nn.Module, part: Part) -> tuple[tuple[torch.Tensor, torch.Tensor], list[str]]:
+    """Trace inputs and their names for the graph of `part`."""
+    ids = torch.ones((2, 8), dtype=torch.long)
+    if part[0] == 0:
+        return (ids, ids), ["input_ids", "attention_mask"]
+    return (torch.zeros((2, 8, model.config.hidden_size)), ids), ["hidden_in", "attention_mask"]
+
+
+def export_onnx(model: torch.nn.Module, path: Path, part: Part | None = None) -> None:
+    """The graph of `part` (default: the whole encoder) -> last hidden states, dynamic batch and length."""
+    part = part or (0, n_layers(model))
+    example, names = _example_inputs(model, part)
     axes = {0: "batch", 1: "tokens"}
-    torch.onnx.export(_HiddenStates(model).eval(), (example, example), str(path),
-                      input_names=["input_ids", "attention_mask"], output_names=["hidden"],
-                      dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes},
-                      opset_version=17, dynamo=False)
+    torch.onnx.export(_Layers(model, *part).eval(), example, str(path), input_names=names, output_names=["hidden"],
+                      dynamic_axes={name: axes for name in names + ["hidden"]}, opset_version=17, dynamo=False)
 
 
 CACHE_ENV = "HYBRIDIR_CACHE"
 
 
-def runner_cache(model_dir: str | Path) -> Path:
-    """The cache directory of converted runners for the model in `model_dir`: keyed by the sha256 of
-    its files, of this module's source and of the runtimes' versions (module docstring)."""
+def _code_and_runtimes() -> "hashlib._Hash":
+    """sha256 over this module's source and the runtimes' versions: what a cached conversion depends on
+    besides the weights."""
     from importlib import metadata
 
     h = hashlib.sha256(Path(__file__).read_bytes())
-    for name in ("onnxruntime", "onnx", "openvino", "torch"):
+    for name in ("onnxruntime", "onnx", "openvino", "torch", "transformers"):
         try:
             h.update(f"{name}={metadata.version(name)}\n".encode())
         except metadata.PackageNotFoundError:
             pass
+    return h
+
+
+def runner_cache(model_dir: str | Path) -> Path:
+    """The cache directory of converted runners for the model in `model_dir`: keyed by the sha256 of
+    its files, of this module's source and of the runtimes' versions (module docstring)."""
+    h = _code_and_runtimes()
     root = Path(model_dir)
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         with path.open("rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
-    base = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hybridir")
-    return base / "runners" / h.hexdigest()[:32]
+    return cache_root() / "runners" / h.hexdigest()[:32]
+
+
+def cache_root() -> Path:
+    """$HYBRIDIR_CACHE, default ~/.cache/hybridir: converted runners and lower-layer states."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hybridir")
 
 
 def converted_cache(model_dir: str | Path, precision: str, device: str) -> Path | None:
@@ -238,10 +284,15 @@ def _keep(built: Path, cache: Path | None, name: str) -> None:
     os.replace(tmp.name, cache / name)
 
 
+def _part_name(model: torch.nn.Module, part: Part | None) -> str:
+    """'' for the whole encoder, else '.layers<start>-<stop>' (file names in the runner cache)."""
+    return "" if part is None or part == (0, n_layers(model)) else f".layers{part[0]}-{part[1]}"
+
+
 def onnx_runner(model: torch.nn.Module, tokenizer: Any, *, int8: bool = True, smooth: bool = True,
-                keep_ffn_out_fp32: bool = True, cache: Path | None = None) -> Runner:
-    """An ONNX Runtime session for `model` (optionally SmoothQuant + dynamic int8) as a Runner;
-    `cache` (runner_cache): load the exported model from there, or leave it there once built."""
+                keep_ffn_out_fp32: bool = True, cache: Path | None = None, part: Part | None = None) -> Runner:
+    """An ONNX Runtime session for `model`'s layers `part` (default all; optionally SmoothQuant + dynamic
+    int8) as a Runner; `cache` (runner_cache): load the exported model from there, or leave it there."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -250,15 +301,16 @@ def onnx_runner(model: torch.nn.Module, tokenizer: Any, *, int8: bool = True, sm
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = torch.get_num_threads()
-    name = "model.{}{}{}.onnx".format("int8" if int8 else "fp32", ".smooth" if smooth else "",
-                                      ".ffn32" if keep_ffn_out_fp32 else "")
+    name = "model.{}{}{}{}.onnx".format("int8" if int8 else "fp32", ".smooth" if smooth else "",
+                                        ".ffn32" if keep_ffn_out_fp32 else "", _part_name(model, part))
     if cache is not None and (cache / name).is_file():
         session = ort.InferenceSession(str(cache / name), options, providers=["CPUExecutionProvider"])
         return _session_runner(session)
+    # smoothing calibrates every layer on the inputs it sees in the whole model (data-free, module docstring)
     source = smooth_for_int8(model, tokenizer) if smooth else copy.deepcopy(model).float().eval()
     with tempfile.TemporaryDirectory(prefix="hybridir-onnx-") as tmp:
         fp32_path, int8_path = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
-        export_onnx(source, fp32_path)
+        export_onnx(source, fp32_path, part)
         path = fp32_path
         if int8:
             import onnx
@@ -276,41 +328,46 @@ def onnx_runner(model: torch.nn.Module, tokenizer: Any, *, int8: bool = True, sm
 
 
 def _session_runner(session: Any) -> Runner:
-    def run(input_ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0])
+    names = [x.name for x in session.get_inputs()]   # (input_ids or hidden_in, attention_mask)
+
+    def run(x: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, dict(zip(names, (x, mask))))[0])
     return run
 
 
 # ---------------------------------------------------------------- bf16 on the CPU (OpenVINO)
 
-def openvino_runner(model: torch.nn.Module, cache: Path | None = None) -> Runner:
-    """The model in OpenVINO's CPU plugin at bf16 inference precision; `cache` as for onnx_runner
-    (the converted model is saved with fp32 weights: no fp16 compression)."""
+def openvino_runner(model: torch.nn.Module, cache: Path | None = None, part: Part | None = None) -> Runner:
+    """`model`'s layers `part` (default all) in OpenVINO's CPU plugin at bf16 inference precision;
+    `cache` as for onnx_runner (the converted model is saved with fp32 weights: no fp16 compression)."""
     try:
         import openvino as ov
     except ImportError as exc:
         raise CannotRun("precision bf16 on the CPU needs the openvino package (pip install openvino), "
                         "or use precision fp32 / int8") from exc
     core = ov.Core()
-    if cache is not None and (cache / "openvino.xml").is_file() and (cache / "openvino.bin").is_file():
-        converted = core.read_model(str(cache / "openvino.xml"))
+    stem = "openvino" + _part_name(model, part)
+    xml, weights = f"{stem}.xml", f"{stem}.bin"
+    if cache is not None and (cache / xml).is_file() and (cache / weights).is_file():
+        converted = core.read_model(str(cache / xml))
     else:
-        example = torch.ones((2, 8), dtype=torch.long)
-        converted = ov.convert_model(_HiddenStates(copy.deepcopy(model).float().eval()),
-                                     example_input=(example, example))
+        part = part or (0, n_layers(model))
+        example, _ = _example_inputs(model, part)
+        converted = ov.convert_model(_Layers(copy.deepcopy(model).float().eval(), *part), example_input=example)
         if cache is not None:
             with tempfile.TemporaryDirectory(prefix="hybridir-ov-") as tmp:
-                ov.save_model(converted, str(Path(tmp) / "openvino.xml"), compress_to_fp16=False)
-                _keep(Path(tmp) / "openvino.bin", cache, "openvino.bin")   # the weights first: xml marks complete
-                _keep(Path(tmp) / "openvino.xml", cache, "openvino.xml")
+                ov.save_model(converted, str(Path(tmp) / xml), compress_to_fp16=False)
+                _keep(Path(tmp) / weights, cache, weights)   # the weights first: xml marks complete
+                _keep(Path(tmp) / xml, cache, xml)
     compiled = core.compile_model(converted, "CPU", {
         "INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
         "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
 
-    def run(input_ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
-        # copy: the request reuses its output buffer for the next batch
-        return torch.from_numpy(request.infer({"input_ids": input_ids, "attention_mask": mask})[0].copy())
+    def run(x: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+        # positional inputs (input_ids or hidden states, attention_mask); copy: the request reuses
+        # its output buffer for the next batch
+        return torch.from_numpy(request.infer([x, mask])[0].copy())
     return run
 
 
@@ -328,9 +385,13 @@ def _cached_runner(model: torch.nn.Module, key: str, build: Callable[[], Runner]
 
 def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, prefix: str,
                  pooling: str = "mean", max_length: int = 256, batch_size: int = 64,
-                 precision: str = "fp32", progress: bool = False, cache: Path | None = None) -> np.ndarray:
+                 precision: str = "fp32", progress: bool = False, cache: Path | None = None,
+                 split: int = 0) -> np.ndarray:
     """Embed `texts` (each prefixed) -> float32 [len(texts), hidden], L2-normalised, in input order.
-    `cache`: runner_cache of the model's directory (int8 and CPU bf16 load their converted model there)."""
+    `cache`: runner_cache of the model's directory (int8 and CPU bf16 load their converted model there).
+    `split` = N (0 < N < layers, with a cache): the lower N layers and the rest run as two graphs and the
+    lower graph's output is kept in the states cache (`lower_states`), where every model with the same
+    embeddings and lower N layers finds it (train.freeze_layers: the zero-shot and every trained model)."""
     if precision not in PRECISIONS:
         raise BadInput(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not texts:
@@ -338,23 +399,88 @@ def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, pr
     device_type = next(model.parameters()).device.type
     if precision == "int8" and device_type != "cpu":
         raise BadInput("precision int8 runs on the CPU only: move the model to the CPU or use fp32/bf16")
+    converted: Callable[[Part | None], Runner] | None = None
+    kind = "int8" if precision == "int8" else "openvino_bf16"
     if precision == "int8":
-        run = _cached_runner(model, "int8", lambda: onnx_runner(model, tokenizer, cache=cache))
+        def converted(part: Part | None) -> Runner:
+            return onnx_runner(model, tokenizer, cache=cache, part=part)
     elif precision == "bf16" and device_type == "cpu":
-        run = _cached_runner(model, "openvino_bf16", lambda: openvino_runner(model, cache=cache))
-    else:
+        def converted(part: Part | None) -> Runner:
+            return openvino_runner(model, cache=cache, part=part)
+    lower: Callable[[list[tuple[np.ndarray, np.ndarray]]], Iterator[np.ndarray]] | None = None
+    if converted is None:
         run = torch_runner(model)
+    elif cache is not None and 0 < split < n_layers(model):
+        top = n_layers(model)
+        run = _cached_runner(model, f"{kind}_layers{split}_{top}", lambda: converted((split, top)))
+        signature = lower_signature(model, split, precision)
+
+        def lower(batches: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
+            build = lambda: _cached_runner(model, f"{kind}_layers0_{split}", lambda: converted((0, split)))
+            return lower_states(batches, build, signature)
+    else:
+        run = _cached_runner(model, kind, lambda: converted(None))
     autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16,
                               enabled=precision == "bf16" and device_type != "cpu")
     with autocast:
         return encode_with(run, tokenizer, texts, prefix=prefix, pooling=pooling, max_length=max_length,
-                           batch_size=batch_size, progress=progress)
+                           batch_size=batch_size, progress=progress, lower=lower)
+
+
+# ---------------------------------------------------------------- lower-layer states
+
+def lower_signature(model: torch.nn.Module, split: int, precision: str) -> bytes:
+    """What the lower `split` layers' output depends on besides the token ids: the embeddings' and
+    those layers' weights, the precision, this module and the runtimes (not the upper layers)."""
+    h = _code_and_runtimes()
+    h.update(f"{precision}:{split}\n".encode())
+    lower = ("embeddings.",) + tuple(f"encoder.layer.{i}." for i in range(split))
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(lower):
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.digest()
+
+
+def lower_states(batches: list[tuple[np.ndarray, np.ndarray]], build: Callable[[], Runner],
+                 signature: bytes) -> Iterator[np.ndarray]:
+    """Per padded batch (input_ids, attention_mask), the lower graph's hidden states as float32
+    [batch, length, hidden]: the real tokens' rows rounded to float16 (below bf16's own rounding),
+    zeros at padding (masked out of attention and pooling). Kept in cache_root()/states/<key>.npy,
+    key = sha256 of `signature` and the batches, so a hit yields exactly what a miss computes; the
+    lower graph is built (`build`) only on a miss."""
+    h = hashlib.sha256(signature)
+    for ids, mask in batches:
+        h.update(repr(ids.shape).encode() + ids.tobytes() + mask.tobytes())
+    path = cache_root() / "states" / f"{h.hexdigest()[:32]}.npy"
+    if path.is_file():
+        flat = np.load(path, mmap_mode="r")
+    else:
+        run = build()
+        with torch.inference_mode():
+            flat = np.concatenate([run(ids, mask).float().numpy()[mask.astype(bool)].astype(np.float16)
+                                   for ids, mask in batches])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+            np.save(tmp, flat, allow_pickle=False)
+        os.replace(tmp.name, path)   # concurrent jobs may race: either file is the same
+    start = 0
+    for ids, mask in batches:
+        real = mask.astype(bool)
+        x = np.zeros(ids.shape + (flat.shape[1],), dtype=np.float32)
+        x[real] = flat[start:start + int(real.sum())]
+        start += int(real.sum())
+        yield x
 
 
 def encode_with(run: Runner, tokenizer: Any, texts: list[str], *, prefix: str, pooling: str = "mean",
                 max_length: int = 256, batch_size: int = 64, bucketing: bool = True,
-                progress: bool = False) -> np.ndarray:
-    """`encode_texts` for any Runner; bucketing=False keeps input order in batches (benchmarks only)."""
+                progress: bool = False,
+                lower: Callable[[list[tuple[np.ndarray, np.ndarray]]], Iterator[np.ndarray]] | None = None,
+                ) -> np.ndarray:
+    """`encode_texts` for any Runner; bucketing=False keeps input order in batches (benchmarks only).
+    `lower`: the padded batches -> `run`'s first input per batch (lower_states), instead of the token ids."""
     if pooling not in POOLINGS:
         raise BadInput(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if batch_size < 1:
@@ -367,18 +493,20 @@ def encode_with(run: Runner, tokenizer: Any, texts: list[str], *, prefix: str, p
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if bucketing:
-        batches = length_buckets(lengths, batch_size)
+        order = length_buckets(lengths, batch_size)
     else:
-        batches = [np.arange(i, min(i + batch_size, len(ids))) for i in range(0, len(ids), batch_size)]
+        order = [np.arange(i, min(i + batch_size, len(ids))) for i in range(0, len(ids), batch_size)]
+    batches = [pad_batch([ids[i] for i in idx], pad_id) for idx in order]
+    inputs = lower(batches) if lower is not None else (input_ids for input_ids, _ in batches)
+    steps = zip(order, batches, inputs)
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="encode", unit="batch")
+        steps = tqdm(steps, desc="encode", unit="batch", total=len(order))
     out: np.ndarray | None = None
     with torch.inference_mode():
-        for idx in batches:
-            input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
-            states = run(input_ids, mask).float()
+        for idx, (_, mask), x in steps:
+            states = run(x, mask).float()
             mask_t = torch.from_numpy(mask).to(states.device)
             vectors = torch.nn.functional.normalize(pool(states, mask_t, pooling), dim=-1).cpu().numpy()
             if out is None:

@@ -340,7 +340,8 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 deps=(model_dir, tables_out),
                 outs=(f"{res}embeddings/",),
                 # prefixes and pooling come from the model directory (its sentence-transformers config)
-                params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision")))
+                # train.freeze_layers: where the encoder graph is split (modeling.lower_states)
+                params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision", "train.freeze_layers")))
             metrics = f"{res}metrics.json"
             report_deps += [metrics, f"{res}eval/", f"{res}embeddings/"]
             out.append(Stage(
@@ -365,7 +366,7 @@ def stages(params: dict[str, Any], params_file: str = "params.yaml") -> list[Sta
                 f"{EXECUTABLE} beir {p} --raw data/raw --model {model_dir} --dataset {ds} --out {result}",
                 deps=("data/raw/", model_dir), metrics=(result,),
                 outs=(), params=("encoder.max_length", "evaluate.batch_size", "evaluate.precision",
-                                 "evaluate.beir_max_queries", "evaluate.beir_max_docs", "data.seed")))
+                                 "train.freeze_layers", "evaluate.beir_max_queries", "evaluate.beir_max_docs", "data.seed")))
     # The report reads each trained model's train_summary.json (timings.md) and the recipe study's
     # loss.csv besides the results.
     trained = tuple(d for d, run in models.values() if run is not None)
