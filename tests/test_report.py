@@ -509,6 +509,7 @@ def test_domain_size_section(report: dict[str, Any], tree: dict[str, Any]) -> No
     assert row["mul"] == pytest.approx(np.mean(values))
     assert set(summary["domain_size"]["xquad_r"]["xy"]) == {"0", "200", "all"}
     assert "Domain data (NFCorpus)" in md and "![domain size](figures/domain_size.png)" in md
+    assert "| Mo. | Cr. | Mul. | rank distance | NFCorpus nDCG@10 |" in md
     # the per-pair changes: one row per strategy and non-zero size, against the main run
     section = md.split("Domain data (NFCorpus)")[1].split("\n## ")[0]
     assert section.count("| X-Y ") >= 2 * 2 and "largest drops" in section

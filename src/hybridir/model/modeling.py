@@ -273,15 +273,24 @@ def converted_cache(model_dir: str | Path, precision: str, device: str) -> Path 
     return runner_cache(model_dir) if device == "cpu" and precision in ("int8", "bf16") else None
 
 
+def _write_cached(path: Path, write: Callable[[Path], None]) -> None:
+    """write(temporary sibling), then rename it onto `path`: no reader sees a partial file, and jobs
+    writing the same content may race (atomic.atomic_path moves an old file aside first: not here)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)   # nothing half-written left (e.g. a full disk)
+        raise
+
+
 def _keep(built: Path, cache: Path | None, name: str) -> None:
-    """Copy a built file into the cache under `name`, atomically (concurrent jobs may race)."""
-    if cache is None:
-        return
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache, prefix=f".{name}.", delete=False) as tmp:
-        pass
-    shutil.copyfile(built, tmp.name)
-    os.replace(tmp.name, cache / name)
+    """Copy a built file into the cache under `name`."""
+    if cache is not None:
+        _write_cached(cache / name, lambda tmp: shutil.copyfile(built, tmp))
 
 
 def _part_name(model: torch.nn.Module, part: Part | None) -> str:
@@ -461,10 +470,7 @@ def lower_states(batches: list[tuple[np.ndarray, np.ndarray]], build: Callable[[
         with torch.inference_mode():
             flat = np.concatenate([run(ids, mask).float().numpy()[mask.astype(bool)].astype(np.float16)
                                    for ids, mask in batches])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-            np.save(tmp, flat, allow_pickle=False)
-        os.replace(tmp.name, path)   # concurrent jobs may race: either file is the same
+        _write_cached(path, lambda tmp: np.save(tmp, flat, allow_pickle=False))
     start = 0
     for ids, mask in batches:
         real = mask.astype(bool)

@@ -942,10 +942,10 @@ def domain_md(t: Tables, figures: Path) -> list[str]:
     domain_figure(t.domain, _zeroshot_rows(t), zero_nf, t.datasets, t.labels, figures / "domain_size.png")
     md += figure_link("domain_size.png", "domain size")
     rows = [[dataset_label(r["dataset"]), t.labels.get(r["strategy"], r["strategy"]), str(r["domain_size"])]
-            + [fmt(r[m], r[f"{m}_std"], _digits(m)) for m in ("mo", "cr", "mul", "nfcorpus_ndcg10")]
+            + [fmt(r[m], r[f"{m}_std"], _digits(m)) for m in HEADLINE + ("nfcorpus_ndcg10",)]
             for _, r in t.domain.iterrows()]
-    md += md_table(["dataset", "batches", "queries", "Mo.", "Cr.", "Mul.", "NFCorpus nDCG@10"], rows,
-                   align="llrrrrr") + [""]
+    md += md_table(["dataset", "batches", "queries", "Mo.", "Cr.", "Mul.", "rank distance", "NFCorpus nDCG@10"],
+                   rows, align="llrrrrrr") + [""]
     md += ["Which language pairs pay for the domain data: the change of each mAP-matrix cell (query → "
            "corpus language) against size 0, mean over cells and the three largest drops.", ""]
     for ds in t.datasets:
