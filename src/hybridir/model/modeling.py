@@ -380,9 +380,10 @@ def openvino_runner(model: torch.nn.Module, cache: Path | None = None, part: Par
     return run
 
 
-def _cached_runner(model: torch.nn.Module, key: str, build: Callable[[], Runner]) -> Runner:
-    """One runner per model object and kind (export, conversion, quantisation happen once)."""
-    attr = f"_hybridir_{key}_runner"
+def _per_model(model: torch.nn.Module, key: str, build: Callable[[], Any]) -> Any:
+    """build() once per model object and key: runners (export, conversion, quantisation happen once)
+    and the lower-layer signature (hashing the embedding matrix once, not per call)."""
+    attr = f"_hybridir_{key}"
     cached = getattr(model, attr, None)
     if cached is None:
         cached = build()
@@ -421,14 +422,15 @@ def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, pr
         run = torch_runner(model)
     elif cache is not None and 0 < split < n_layers(model):
         top = n_layers(model)
-        run = _cached_runner(model, f"{kind}_layers{split}_{top}", lambda: converted((split, top)))
-        signature = lower_signature(model, split, precision)
+        run = _per_model(model, f"{kind}_layers{split}_{top}_runner", lambda: converted((split, top)))
+        signature = _per_model(model, f"{precision}_lower{split}_signature",
+                               lambda: lower_signature(model, split, precision))
 
         def lower(batches: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
-            build = lambda: _cached_runner(model, f"{kind}_layers0_{split}", lambda: converted((0, split)))
+            build = lambda: _per_model(model, f"{kind}_layers0_{split}_runner", lambda: converted((0, split)))
             return lower_states(batches, build, signature)
     else:
-        run = _cached_runner(model, kind, lambda: converted(None))
+        run = _per_model(model, f"{kind}_runner", lambda: converted(None))
     autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16,
                               enabled=precision == "bf16" and device_type != "cpu")
     with autocast:
