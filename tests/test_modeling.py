@@ -66,6 +66,46 @@ def test_reduced_precisions_stay_close_to_fp32(e5, sample, precision: str, min_c
     assert (ref * got).sum(axis=1).min() >= min_cos
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_runtimes_with_batches_in_flight_keep_input_order(e5, sample, precision: str) -> None:
+    """The CPU runtimes run two chunks at once (modeling._pipelined): batches of 5 (chunks of 3 and 2,
+    a last batch of 2) give each text the vector it gets alone."""
+    _, tokenizer, model = e5
+    texts = sample[1][:12]
+    batched = encode_texts(model, tokenizer, texts, prefix="passage: ", batch_size=5, precision=precision)
+    single = np.stack([encode_texts(model, tokenizer, [t], prefix="passage: ", precision=precision)[0]
+                       for t in texts])
+    cos = (batched * single).sum(axis=1)
+    assert cos.min() >= 0.999, cos   # reduced precision rounds per shape; a swapped text gives < 0.9
+
+
+def test_pipelined_keeps_at_most_slots_chunks_in_flight(e5) -> None:
+    from hybridir.model.modeling import _pipelined, pad_batch
+
+    _, tokenizer, model = e5
+    batches = [pad_batch(tokenizer(["a b c", "d", "e f"] * n)["input_ids"], 1) for n in (1, 2, 3)]
+    taken, started = [], []
+
+    def lazily():
+        for b in batches:
+            taken.append(len(started))
+            yield b
+    ref = [model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).last_hidden_state
+           for x, m in batches]
+
+    def start(slot: int, chunk):
+        started.append(slot)
+        return model(input_ids=torch.from_numpy(chunk[0]), attention_mask=torch.from_numpy(chunk[1]))
+
+    with torch.inference_mode():
+        out = list(_pipelined(lazily(), 2, start, lambda handle: handle.last_hidden_state))
+    assert [o.shape for o in out] == [r.shape for r in ref]
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, atol=1e-5, rtol=1e-4)
+    assert started == [0, 1] * 3   # each batch in two chunks, slots alternating
+    assert taken == [0, 2, 4]      # a batch is read once the previous one's chunks are in flight, not all ahead
+
+
 def test_smoothing_for_int8_keeps_the_fp32_function(e5, sample) -> None:
     _, tokenizer, model = e5
     texts = sample[0][:11]

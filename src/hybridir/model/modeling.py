@@ -32,6 +32,7 @@ of 64 in input order compute 1.70M token positions, length-sorted batches 0.61M 
 """
 from __future__ import annotations
 
+import collections
 import copy
 import hashlib
 import os
@@ -39,7 +40,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -77,7 +78,9 @@ def encode_placement(precision: str) -> tuple[str, str]:
 _FFN_OUT_NODE = re.compile(r"/layer\.\d+/output/dense/")
 SMOOTH_ALPHA = 0.7
 
-Runner = Callable[[np.ndarray, np.ndarray], torch.Tensor]  # (input_ids, attention_mask) -> hidden states
+Batch = tuple[np.ndarray, np.ndarray]   # (input_ids or lower-layer states, attention_mask), padded
+# padded batches -> their last hidden states, in order; a stream, so a runtime may keep several in flight
+Runner = Callable[[Iterable[Batch]], Iterator[torch.Tensor]]
 
 
 def length_buckets(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -100,9 +103,10 @@ def pad_batch(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray
 def torch_runner(model: torch.nn.Module) -> Runner:
     device = next(model.parameters()).device
 
-    def run(input_ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
-        return model(input_ids=torch.from_numpy(input_ids).to(device),
-                     attention_mask=torch.from_numpy(mask).to(device)).last_hidden_state
+    def run(batches: Iterable[Batch]) -> Iterator[torch.Tensor]:
+        for input_ids, mask in batches:
+            yield model(input_ids=torch.from_numpy(input_ids).to(device),
+                        attention_mask=torch.from_numpy(mask).to(device)).last_hidden_state
     return run
 
 
@@ -167,7 +171,7 @@ def smooth_for_int8(model: torch.nn.Module, tokenizer: Any, alpha: float = SMOOT
         [lin for _, lin in intermediates]
     hooks = [m.register_forward_hook(hook) for m in modules]
     with torch.inference_mode():
-        torch_runner(smoothed)(*calibration_batch(tokenizer))
+        next(torch_runner(smoothed)([calibration_batch(tokenizer)]))
     for h in hooks:
         h.remove()
     with torch.no_grad():
@@ -309,12 +313,13 @@ def onnx_runner(model: torch.nn.Module, tokenizer: Any, *, int8: bool = True, sm
                         "(pip install onnx onnxruntime), or use precision fp32") from exc
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = torch.get_num_threads()
+    slots = _slots()
+    options.intra_op_num_threads = max(1, torch.get_num_threads() // slots)
     name = "model.{}{}{}{}.onnx".format("int8" if int8 else "fp32", ".smooth" if smooth else "",
                                         ".ffn32" if keep_ffn_out_fp32 else "", _part_name(model, part))
     if cache is not None and (cache / name).is_file():
         session = ort.InferenceSession(str(cache / name), options, providers=["CPUExecutionProvider"])
-        return _session_runner(session)
+        return _session_runner(session, slots)
     # smoothing calibrates every layer on the inputs it sees in the whole model (data-free, module docstring)
     source = smooth_for_int8(model, tokenizer) if smooth else copy.deepcopy(model).float().eval()
     with tempfile.TemporaryDirectory(prefix="hybridir-onnx-") as tmp:
@@ -333,14 +338,59 @@ def onnx_runner(model: torch.nn.Module, tokenizer: Any, *, int8: bool = True, sm
             path = int8_path
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         _keep(path, cache, name)
-    return _session_runner(session)
+    return _session_runner(session, slots)
 
 
-def _session_runner(session: Any) -> Runner:
+def _slots() -> int:
+    """Batches the CPU runtimes keep in flight at once: 2 where there are 2 threads or more (each runs
+    on half the threads), measured faster per text than one batch on all of them (README "Speed")."""
+    return 2 if torch.get_num_threads() >= 2 else 1
+
+
+def _pipelined(batches: Iterable[Batch], slots: int, start: Callable[[int, Batch], Any],
+               finish: Callable[[Any], torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Each batch's output, in order, from `slots` workers running at once: a batch's rows are split
+    into `slots` chunks, and the next chunks start while earlier ones run (start(slot, chunk) ->
+    handle, finish(handle) -> output); at most `slots` chunks are in flight and one batch is read
+    ahead, so lazily built inputs (kept lower-layer states) are not all materialised."""
+    def chunks() -> Iterator[tuple[bool, Batch]]:
+        for x, mask in batches:
+            rows = -(-len(mask) // slots)
+            starts = range(0, len(mask), rows)
+            for r in starts:
+                yield r == starts[-1], (x[r:r + rows], mask[r:r + rows])
+
+    pending: collections.deque = collections.deque()   # (handle, last chunk of its batch), oldest first
+    parts: list[torch.Tensor] = []
+
+    def collect() -> torch.Tensor | None:
+        handle, last = pending.popleft()
+        parts.append(finish(handle))
+        if not last:
+            return None
+        whole = parts[0] if len(parts) == 1 else torch.cat(parts)
+        parts.clear()
+        return whole
+
+    for k, (last, chunk) in enumerate(chunks()):
+        if len(pending) == slots:   # the oldest holds slot k % slots: finish it first
+            if (whole := collect()) is not None:
+                yield whole
+        pending.append((start(k % slots, chunk), last))
+    while pending:
+        if (whole := collect()) is not None:
+            yield whole
+
+
+def _session_runner(session: Any, slots: int) -> Runner:
+    from concurrent.futures import ThreadPoolExecutor
+
     names = [x.name for x in session.get_inputs()]   # (input_ids or hidden_in, attention_mask)
+    workers = ThreadPoolExecutor(slots, thread_name_prefix="hybridir-onnx")   # session.run releases the GIL
 
-    def run(x: np.ndarray, mask: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, dict(zip(names, (x, mask))))[0])
+    def run(batches: Iterable[Batch]) -> Iterator[torch.Tensor]:
+        return _pipelined(batches, slots, lambda _, chunk: workers.submit(session.run, None, dict(zip(names, chunk))),
+                          lambda future: torch.from_numpy(future.result()[0]))
     return run
 
 
@@ -368,15 +418,22 @@ def openvino_runner(model: torch.nn.Module, cache: Path | None = None, part: Par
                 ov.save_model(converted, str(Path(tmp) / xml), compress_to_fp16=False)
                 _keep(Path(tmp) / weights, cache, weights)   # the weights first: xml marks complete
                 _keep(Path(tmp) / xml, cache, xml)
+    slots = _slots()
     compiled = core.compile_model(converted, "CPU", {
         "INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-        "PERFORMANCE_HINT": "LATENCY"})
-    request = compiled.create_infer_request()
+        "NUM_STREAMS": slots})
+    requests = [compiled.create_infer_request() for _ in range(slots)]
 
-    def run(x: np.ndarray, mask: np.ndarray) -> torch.Tensor:
-        # positional inputs (input_ids or hidden states, attention_mask); copy: the request reuses
-        # its output buffer for the next batch
-        return torch.from_numpy(request.infer([x, mask])[0].copy())
+    def start(slot: int, chunk: Batch) -> Any:
+        requests[slot].start_async([np.ascontiguousarray(a) for a in chunk])   # inputs are copied in
+        return requests[slot]
+
+    def finish(request: Any) -> torch.Tensor:
+        request.wait()
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())   # the buffer is reused
+
+    def run(batches: Iterable[Batch]) -> Iterator[torch.Tensor]:
+        return _pipelined(batches, slots, start, finish)
     return run
 
 
@@ -417,7 +474,7 @@ def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, pr
     elif precision == "bf16" and device_type == "cpu":
         def converted(part: Part | None) -> Runner:
             return openvino_runner(model, cache=cache, part=part)
-    lower: Callable[[list[tuple[np.ndarray, np.ndarray]]], Iterator[np.ndarray]] | None = None
+    lower: Callable[[list[Batch]], Iterator[np.ndarray]] | None = None
     if converted is None:
         run = torch_runner(model)
     elif cache is not None and 0 < split < n_layers(model):
@@ -426,7 +483,7 @@ def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: list[str], *, pr
         signature = _per_model(model, f"{precision}_lower{split}_signature",
                                lambda: lower_signature(model, split, precision))
 
-        def lower(batches: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
+        def lower(batches: list[Batch]) -> Iterator[np.ndarray]:
             build = lambda: _per_model(model, f"{kind}_layers0_{split}_runner", lambda: converted((0, split)))
             return lower_states(batches, build, signature)
     else:
@@ -454,7 +511,7 @@ def lower_signature(model: torch.nn.Module, split: int, precision: str) -> bytes
     return h.digest()
 
 
-def lower_states(batches: list[tuple[np.ndarray, np.ndarray]], build: Callable[[], Runner],
+def lower_states(batches: list[Batch], build: Callable[[], Runner],
                  signature: bytes) -> Iterator[np.ndarray]:
     """Per padded batch (input_ids, attention_mask), the lower graph's hidden states as float32
     [batch, length, hidden]: the real tokens' rows rounded to float16 (below bf16's own rounding),
@@ -470,8 +527,8 @@ def lower_states(batches: list[tuple[np.ndarray, np.ndarray]], build: Callable[[
     else:
         run = build()
         with torch.inference_mode():
-            flat = np.concatenate([run(ids, mask).float().numpy()[mask.astype(bool)].astype(np.float16)
-                                   for ids, mask in batches])
+            flat = np.concatenate([states.float().numpy()[mask.astype(bool)].astype(np.float16)
+                                   for states, (_, mask) in zip(run(batches), batches)])
         _write_cached(path, lambda tmp: np.save(tmp, flat, allow_pickle=False))
     start = 0
     for ids, mask in batches:
@@ -485,7 +542,7 @@ def lower_states(batches: list[tuple[np.ndarray, np.ndarray]], build: Callable[[
 def encode_with(run: Runner, tokenizer: Any, texts: list[str], *, prefix: str, pooling: str = "mean",
                 max_length: int = 256, batch_size: int = 64, bucketing: bool = True,
                 progress: bool = False,
-                lower: Callable[[list[tuple[np.ndarray, np.ndarray]]], Iterator[np.ndarray]] | None = None,
+                lower: Callable[[list[Batch]], Iterator[np.ndarray]] | None = None,
                 ) -> np.ndarray:
     """`encode_texts` for any Runner; bucketing=False keeps input order in batches (benchmarks only).
     `lower`: the padded batches -> `run`'s first input per batch (lower_states), instead of the token ids."""
@@ -495,7 +552,7 @@ def encode_with(run: Runner, tokenizer: Any, texts: list[str], *, prefix: str, p
         raise BadInput(f"batch_size must be >= 1, got {batch_size}")
     texts = list(texts)
     if not texts:
-        dim = run(*pad_batch([tokenizer("")["input_ids"]], 0)).shape[-1]
+        dim = next(iter(run([pad_batch([tokenizer("")["input_ids"]], 0)]))).shape[-1]
         return np.zeros((0, dim), dtype=np.float32)
     ids = tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length)["input_ids"]
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
@@ -506,15 +563,15 @@ def encode_with(run: Runner, tokenizer: Any, texts: list[str], *, prefix: str, p
         order = [np.arange(i, min(i + batch_size, len(ids))) for i in range(0, len(ids), batch_size)]
     batches = [pad_batch([ids[i] for i in idx], pad_id) for idx in order]
     inputs = lower(batches) if lower is not None else (input_ids for input_ids, _ in batches)
-    steps = zip(order, batches, inputs)
+    steps = zip(order, batches, run(zip(inputs, (mask for _, mask in batches))))
     if progress:
         from tqdm import tqdm
 
         steps = tqdm(steps, desc="encode", unit="batch", total=len(order))
     out: np.ndarray | None = None
     with torch.inference_mode():
-        for idx, (_, mask), x in steps:
-            states = run(x, mask).float()
+        for idx, (_, mask), states in steps:
+            states = states.float()
             mask_t = torch.from_numpy(mask).to(states.device)
             vectors = torch.nn.functional.normalize(pool(states, mask_t, pooling), dim=-1).cpu().numpy()
             if out is None:
