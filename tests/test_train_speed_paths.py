@@ -109,8 +109,8 @@ def test_frozen_prefix_validation_is_bit_identical_and_skips_the_frozen_layers(b
     texts = Texts(pairs, SPEC)
     valid = list(iter_batches(build_batches(pairs, strategy="xy", alpha=0.5, batch_size=BATCH, steps=2, seed=1)))
     calls = {"frozen": 0, "upper": 0}
-    model.encoder.layer[0].attention.self.query.register_forward_hook(lambda *a: calls.__setitem__("frozen", calls["frozen"] + 1))
-    model.encoder.layer[1].attention.self.query.register_forward_hook(lambda *a: calls.__setitem__("upper", calls["upper"] + 1))
+    model.encoder.layer[0].attention.output.dense.register_forward_hook(lambda *a: calls.__setitem__("frozen", calls["frozen"] + 1))
+    model.encoder.layer[1].attention.output.dense.register_forward_hook(lambda *a: calls.__setitem__("upper", calls["upper"] + 1))
     prefix = FrozenPrefix(1)
     first = validation_loss(model, tokenizer, texts, valid, c, "mean", CPU, unpadded=True, prefix=prefix)
     assert len(prefix.states) == 2 * len(valid) and calls["frozen"] == calls["upper"] == 2 * len(valid)
