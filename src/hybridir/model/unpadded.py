@@ -121,7 +121,7 @@ def packed_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attent
         x = emb.LayerNorm(x)
         x = _dropout(x, emb.dropout, shape, idx, training)
     # additive key mask [batch, 1, 1, length], as SDPA turns a boolean mask into one
-    mask = torch.zeros(batch, 1, 1, length, dtype=x.dtype).masked_fill(
+    mask = x.new_zeros(batch, 1, 1, length).masked_fill(
         attention_mask[:, None, None, :] == 0, float("-inf"))
 
     for i, layer in enumerate(model.encoder.layer[start:], start):
