@@ -42,6 +42,7 @@ import os
 import re
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -386,8 +387,6 @@ def _pipelined(batches: Iterable[Batch], slots: int, start: Callable[[int, Batch
 
 
 def _session_runner(session: Any, slots: int) -> Runner:
-    from concurrent.futures import ThreadPoolExecutor
-
     names = [x.name for x in session.get_inputs()]   # (input_ids or hidden_in, attention_mask)
     workers = ThreadPoolExecutor(slots, thread_name_prefix="hybridir-onnx")   # session.run releases the GIL
 
@@ -428,7 +427,7 @@ def openvino_runner(model: torch.nn.Module, cache: Path | None = None, part: Par
     requests = [compiled.create_infer_request() for _ in range(slots)]
 
     def start(slot: int, chunk: Batch) -> Any:
-        requests[slot].start_async([np.ascontiguousarray(a) for a in chunk])   # inputs are copied in
+        requests[slot].start_async(list(chunk))   # inputs are copied in (row slices: contiguous)
         return requests[slot]
 
     def finish(request: Any) -> torch.Tensor:
@@ -555,7 +554,7 @@ def encode_with(run: Runner, tokenizer: Any, texts: list[str], *, prefix: str, p
         raise BadInput(f"batch_size must be >= 1, got {batch_size}")
     texts = list(texts)
     if not texts:
-        dim = next(iter(run([pad_batch([tokenizer("")["input_ids"]], 0)]))).shape[-1]
+        dim = next(run([pad_batch([tokenizer("")["input_ids"]], 0)])).shape[-1]
         return np.zeros((0, dim), dtype=np.float32)
     ids = tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length)["input_ids"]
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
